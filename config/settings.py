@@ -1,0 +1,250 @@
+"""Node settings read from one YAML file and validated before anything starts.
+
+Every error names the key path that is wrong (``routes[0].destinations``) and quotes the value, so an
+admin can fix the file without reading code. Environment variables ``MEDAGENT__SECTION__KEY`` override
+scalar keys of the file (``MEDAGENT__NODE__PORT=11113``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # default character repertoire, no backslash
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid; the message names the key."""
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("must not be empty")
+    if len(stripped) > 16:
+        raise ValueError(f"'{value}' must not exceed 16 characters")
+    if not _AE_TITLE_CHARS.match(stripped):
+        raise ValueError(f"'{value}' may hold only printable ASCII characters and no backslash")
+    return stripped
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(_Strict):
+    """The node's own DICOM identity and where it keeps its state."""
+
+    ae_title: str = "MEDAGENT"
+    port: int = Field(11112, ge=1, le=65535)
+    bind: str = "127.0.0.1"
+    storage: Path = Path("./var")
+    uid_prefix: str = "1.2.826.0.1.3680043.8.498."
+    series_number_base: int = Field(9000, ge=1, le=2**31 - 1000)
+    max_pdu_size: int = Field(1048576, ge=0)
+    max_associations: int = Field(16, ge=1, le=1000)
+    institution_name: str = "MedAgent Node"
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("uid_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", value) or len(value) > 40:
+            raise ValueError(f"'{value}' must be a dotted numeric UID root ending with '.', at most 40 characters")
+        return value
+
+
+class Source(_Strict):
+    """A peer allowed to send studies (matched on its calling AE title, optionally its address)."""
+
+    ae_title: str
+    host: str | None = None
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class Destination(_Strict):
+    """A peer that receives the node's results by C-STORE."""
+
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class CompletionPolicy(_Strict):
+    """When a study counts as complete: ``quiet_seconds`` with no new instance from any association."""
+
+    quiet_seconds: float = Field(5.0, gt=0, le=86400)
+
+
+class Route(_Strict):
+    """Studies whose first instance matches ``match`` get ``instruction`` run and results sent."""
+
+    name: str = Field(min_length=1, max_length=64)
+    match: dict[str, str] = Field(default_factory=dict)
+    instruction: str = Field(min_length=1)
+    destinations: list[str] = Field(default_factory=list)
+    completion: CompletionPolicy = CompletionPolicy()
+
+    @field_validator("match")
+    @classmethod
+    def _check_match(cls, value: dict[str, str]) -> dict[str, str]:
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+        for keyword, pattern in value.items():
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(f"'{keyword}' is not a DICOM keyword")
+            if dictionary_VR(tag) == "SQ":
+                raise ValueError(f"'{keyword}' is a sequence and cannot be matched")
+            try:
+                re.compile(str(pattern))
+            except re.error as exc:
+                raise ValueError(f"pattern '{pattern}' for '{keyword}' is not a valid regex: {exc}") from None
+        return {k: str(v) for k, v in value.items()}
+
+
+class QueueMode(str, Enum):
+    EMBEDDED = "embedded"
+    REDIS = "redis"
+
+
+class QueueSection(_Strict):
+    """How tool runs are queued: ``embedded`` (no external server) or ``redis`` (a broker URL)."""
+
+    mode: QueueMode = QueueMode.EMBEDDED
+    broker_url: str | None = None
+
+    @model_validator(mode="after")
+    def _check_broker(self) -> QueueSection:
+        if self.mode is QueueMode.REDIS and not (self.broker_url or "").startswith(("redis://", "rediss://")):
+            raise ValueError(f"broker_url '{self.broker_url}' must be a redis:// URL when mode is 'redis'")
+        return self
+
+
+class DeliverySection(_Strict):
+    """Outbox retry policy: exponential backoff from ``retry_initial_seconds`` up to the maximum."""
+
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(600.0, gt=0)
+    give_up_after_hours: float = Field(72.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class ModelsSection(_Strict):
+    """Engine settings: the torch device (``auto`` is CUDA when present)."""
+
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"'{value}' must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+class Settings(_Strict):
+    """The whole node configuration."""
+
+    node: NodeSection = NodeSection()
+    sources: list[Source] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    queue: QueueSection = QueueSection()
+    delivery: DeliverySection = DeliverySection()
+    models: ModelsSection = ModelsSection()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"destinations: name '{name}' is used more than once")
+        route_names = [r.name for r in self.routes]
+        for i, route in enumerate(self.routes):
+            if route_names.count(route.name) > 1:
+                raise ValueError(f"routes[{i}].name: '{route.name}' is used more than once")
+            for name in route.destinations:
+                if name not in names:
+                    raise ValueError(
+                        f"routes[{i}].destinations: '{name}' is not a configured destination (known: {names})"
+                    )
+        return self
+
+    def with_absolute_storage(self) -> Settings:
+        """The same settings with ``node.storage`` made absolute (against the working folder)."""
+        storage = Path(self.node.storage).expanduser().resolve()
+        return self.model_copy(update={"node": self.node.model_copy(update={"storage": storage})})
+
+    def destination(self, name: str) -> Destination:
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        raise KeyError(name)
+
+
+def _format_location(location: tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for name, value in environ.items():
+        if not name.startswith("MEDAGENT__"):
+            continue
+        path = [p.lower() for p in name[len("MEDAGENT__") :].split("__") if p]
+        if len(path) < 2:
+            continue
+        section = data.setdefault(path[0], {})
+        for key in path[1:-1]:
+            section = section.setdefault(key, {})
+        section[path[-1]] = yaml.safe_load(value)
+    return data
+
+
+def parse_settings(data: Any, origin: str = "<config>", environ: dict[str, str] | None = None) -> Settings:
+    """Validate a parsed YAML mapping; raise ``ConfigError`` naming the first bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections, not {type(data).__name__}")
+    data = _apply_environment(dict(data), dict(os.environ) if environ is None else environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            key = _format_location(tuple(error["loc"])) or "(top level)"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            lines.append(f"{key}: {message}")
+        raise ConfigError(f"{origin}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def load_settings(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Settings:
+    """Read and validate the YAML file at ``path``; a relative storage path is relative to the working folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    settings = parse_settings(data, origin=str(path), environ=environ)
+    return settings.with_absolute_storage()

@@ -1,0 +1,99 @@
+"""The ``medagent`` command: ``serve`` runs the node, ``worker`` runs a Celery worker, ``check`` validates a config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from config import ConfigError, load_settings
+
+DEFAULT_CONFIG = Path("config/node.example.yaml")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    from dicom_node.node import Node
+
+    settings = load_settings(arguments.config)
+    node = Node(settings)
+
+    def stop(signum: int, frame: object) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        node._stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    node.start()
+    logging.getLogger(__name__).info(
+        "MedAgent node %s ready on %s:%d, storage %s",
+        settings.node.ae_title, settings.node.bind, node.scp.port, node.storage,
+    )
+    node.wait()
+    node.stop()
+    return 0
+
+
+def _worker(arguments: argparse.Namespace) -> int:
+    import os
+
+    settings = load_settings(arguments.config)
+    os.environ["MEDAGENT_CONFIG"] = str(Path(arguments.config).resolve())
+    from workers.app import app
+
+    del settings
+    app.worker_main(
+        ["worker", "--queues", arguments.queues, "--concurrency", str(arguments.concurrency), "--loglevel", arguments.log_level]
+    )
+    return 0
+
+
+def _check(arguments: argparse.Namespace) -> int:
+    settings = load_settings(arguments.config)
+    print(
+        f"{arguments.config}: valid - AE {settings.node.ae_title} on {settings.node.bind}:{settings.node.port}, "
+        f"{len(settings.sources)} source(s), {len(settings.destinations)} destination(s), {len(settings.routes)} route(s)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medagent", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the node: SCP, tracker, outbox and embedded worker")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.set_defaults(handler=_serve)
+    worker = commands.add_parser("worker", help="run a Celery worker for a node in redis queue mode")
+    worker.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    worker.add_argument("--queues", default="cpu,gpu")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.set_defaults(handler=_worker)
+    check = commands.add_parser("check", help="validate a configuration file and exit")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    _configure_logging(arguments.log_level)
+    try:
+        return arguments.handler(arguments)
+    except ConfigError as exc:
+        print(f"medagent: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The node: SCP, study tracker, job dispatch, outbox and (in embedded mode) a supervised Celery worker.
+
+One ``Node.start()`` brings up the whole process tree; ``Node.stop()`` takes it down. On start the node
+resumes: jobs that did not finish are dispatched again (tasks are idempotent) and pending deliveries are
+retried by the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from agent_core.protocol import Plan
+from agent_core.registry import ToolRegistry
+from config import Settings
+from config.settings import QueueMode
+from dicom_node import pipeline
+from dicom_node.index import Index
+from dicom_node.outbox import Outbox
+from dicom_node.scp import StorageSCP
+from dicom_node.spool import Spool
+from dicom_node.tracker import complete_due_studies
+
+logger = logging.getLogger(__name__)
+
+
+def _route(settings: Settings, name: str):
+    for route in settings.routes:
+        if route.name == name:
+            return route
+    return None
+
+
+class Node:
+    """All long-running parts of the node, in one process (plus the embedded worker)."""
+
+    def __init__(self, settings: Settings, poll_seconds: float = 0.5) -> None:
+        self.settings = settings.with_absolute_storage()
+        self.storage = Path(self.settings.node.storage)
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.index = Index(self.storage / "index.sqlite3")
+        self.spool = Spool(self.storage)
+        self.scp = StorageSCP(self.settings, self.index, self.spool)
+        self.outbox = Outbox(self.settings, self.index)
+        self.registry = ToolRegistry.default()
+        self.poll_seconds = poll_seconds
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._app = None
+
+    def __repr__(self) -> str:
+        return f"Node(ae_title={self.settings.node.ae_title!r}, storage={str(self.storage)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.storage / "effective-config.yaml"
+
+    def _celery(self):
+        if self._app is None:
+            from workers.app import make_app
+
+            self._app = make_app(self.settings)
+        return self._app
+
+    def start(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.settings.model_dump(mode="json"), sort_keys=False))
+        if self.settings.queue.mode is QueueMode.EMBEDDED:
+            self._start_worker()
+        self.resume()
+        self.scp.start()
+        for target, name in ((self._track, "tracker"), (self._deliver, "outbox")):
+            thread = threading.Thread(target=target, name=f"medagent-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.settings.queue.mode is QueueMode.EMBEDDED:
+            thread = threading.Thread(target=self._supervise, name="medagent-supervisor", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.scp.stop()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self._worker is not None and self._worker.poll() is None:
+            self._worker.terminate()
+            try:
+                self._worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._worker.kill()
+                self._worker.wait()
+
+    # -- embedded worker ------------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        environment = dict(os.environ, MEDAGENT_CONFIG=str(self.config_path))
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "--queues", "cpu,gpu", "--pool", "solo", "--concurrency", "1",
+            "--loglevel", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle",
+            "--hostname", f"embedded@{self.settings.node.ae_title}",
+        ]
+        log = open(self.storage / "worker.log", "ab")
+        self._worker = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        logger.info("embedded worker started (pid %d, log %s)", self._worker.pid, self.storage / "worker.log")
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(2.0):
+            if self._worker is not None and self._worker.poll() is not None:
+                logger.error("embedded worker exited with %s; restarting it", self._worker.returncode)
+                self._start_worker()
+
+    # -- jobs -----------------------------------------------------------------------------------------
+
+    def dispatch(self, job_id: str) -> None:
+        from workers.canvas import dispatch_job
+
+        job = self.index.job(job_id)
+        plan = Plan.from_json(job["plan"])
+        dispatch_job(self._celery(), job_id, plan, self.registry)
+
+    def resume(self) -> None:
+        """Dispatch again every job that had not finished when the node last stopped."""
+        for state in ("queued", "running"):
+            for job in self.index.jobs(state):
+                logger.info("resuming job %s (%s)", job["job_id"], state)
+                self.dispatch(job["job_id"])
+
+    def process_study(self, study_instance_uid: str, route_name: str) -> str | None:
+        route = _route(self.settings, route_name)
+        if route is None:
+            logger.warning("study %s: route '%s' is no longer configured", study_instance_uid, route_name)
+            return None
+        job_id = pipeline.plan_study(self.settings, self.index, study_instance_uid, route, self.registry)
+        if job_id is not None:
+            self.dispatch(job_id)
+        return job_id
+
+    def _track(self) -> None:
+        while not self._stopping.wait(self.poll_seconds):
+            try:
+                for study_instance_uid, route_name in complete_due_studies(self.settings, self.index):
+                    if route_name is not None:
+                        self.process_study(study_instance_uid, route_name)
+            except Exception:
+                logger.exception("study tracker sweep failed; retrying")
+
+    def _deliver(self) -> None:
+        while not self._stopping.wait(self.poll_seconds):
+            try:
+                self.outbox.deliver_due()
+            except Exception:
+                logger.exception("outbox sweep failed; retrying")
+
+    def wait(self) -> None:
+        """Block until ``stop`` is called (from a signal handler)."""
+        while not self._stopping.wait(1.0):
+            time.sleep(0)

@@ -1,0 +1,219 @@
+"""The job pipeline as plain functions: plan a completed study, run one action, encode and queue results.
+
+Celery tasks (``workers.tasks``) are thin wrappers around ``run_action`` and ``finalize_job``; tests call
+these functions directly. Each step is idempotent: a job id, its result files and its output UIDs depend only
+on the study's instances, the instruction and the tool, so a redelivered task redoes the same work and the
+outbox (one row per object and destination) never sends an object twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+
+from agent_core.planner import RulesPlanner, StudyContext
+from agent_core.protocol import Plan
+from agent_core.registry import ToolRegistry
+from config import Route, Settings
+from dicom_node.encode import EncodingContext, encode_segmentation_results
+from dicom_node.errors import NodeError
+from dicom_node.index import Index
+from dicom_node.load import Volume, load_volume, read_series
+from dicom_node.routing import route_matches
+from dicom_node.spool import write_durably
+from tools.base import ToolInput, ToolResult, ToolStatus
+
+logger = logging.getLogger(__name__)
+
+
+def _instance_set_digest(rows: list[sqlite3.Row]) -> str:
+    digest = hashlib.sha256()
+    for uid in sorted(row["sop_instance_uid"] for row in rows):
+        digest.update(uid.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def select_series(index: Index, study_instance_uid: str, route: Route) -> list[sqlite3.Row] | None:
+    """The instances of the largest image series of the study whose first instance matches the route."""
+    by_series: dict[str, list[sqlite3.Row]] = {}
+    for row in index.instances_of_study(study_instance_uid):
+        by_series.setdefault(row["series_instance_uid"], []).append(row)
+    candidates = []
+    for rows in by_series.values():
+        try:
+            header = pydicom.dcmread(rows[0]["path"], stop_before_pixels=True)
+        except Exception:
+            logger.warning("series %s: first instance unreadable; skipped", rows[0]["series_instance_uid"])
+            continue
+        if "Rows" in header and route_matches(route, header):
+            candidates.append(rows)
+    if not candidates:
+        return None
+    return max(candidates, key=len)
+
+
+def plan_study(
+    settings: Settings, index: Index, study_instance_uid: str, route: Route, registry: ToolRegistry
+) -> str | None:
+    """Plan the route's instruction for a completed study and record the job.
+
+    Returns the new job's id, or None when there is nothing to do or the same job (same instances, same
+    instruction) exists already.
+    """
+    rows = select_series(index, study_instance_uid, route)
+    if rows is None:
+        logger.warning("study %s: no image series matches route '%s'; nothing to do", study_instance_uid, route.name)
+        return None
+    attributes: dict[str, Any] = json.loads(rows[0]["attributes"])
+    context = StudyContext(
+        modality=attributes.get("Modality", ""),
+        body_part=attributes.get("BodyPartExamined", ""),
+        study_description=attributes.get("StudyDescription", ""),
+        series_description=attributes.get("SeriesDescription", ""),
+        slices=len(rows),
+    )
+    plan = RulesPlanner(registry).plan(route.instruction, context)
+    series_instance_uid = rows[0]["series_instance_uid"]
+    job_id = hashlib.sha256(
+        "\n".join([study_instance_uid, series_instance_uid, _instance_set_digest(rows), route.instruction]).encode()
+    ).hexdigest()[:24]
+    created = index.create_job(
+        job_id=job_id,
+        study_instance_uid=study_instance_uid,
+        series_instance_uid=series_instance_uid,
+        route=route.name,
+        instruction=route.instruction,
+        destinations=list(route.destinations),
+        plan=plan.to_dict(),
+    )
+    if not created:
+        logger.info("study %s: job %s exists already for these instances; not run again", study_instance_uid, job_id)
+        return None
+    logger.info(
+            "job %s for study %s series %s: %d action(s) %s",
+            job_id,
+            study_instance_uid,
+            series_instance_uid,
+        len(plan.actions),
+        [a.API_name for a in plan.actions],
+    )
+    return job_id
+
+
+def _results_path(settings: Settings, job_id: str, action_index: int) -> Path:
+    return Path(settings.node.storage) / "results" / job_id / f"action{action_index}"
+
+
+def load_job_volume(index: Index, job: sqlite3.Row) -> Volume:
+    rows = index.instances_of_series(job["series_instance_uid"])
+    return load_volume(read_series([row["path"] for row in rows]))
+
+
+def _device(settings: Settings) -> str:
+    device = settings.models.device
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run_action(settings: Settings, index: Index, job_id: str, action_index: int, registry: ToolRegistry) -> str:
+    """Run one action of a job and store its ``ToolResult``; return the action's final state.
+
+    Never raises for a broken study or a failing tool: the error is recorded on the action, so the rest of
+    the job (and the next study) goes on.
+    """
+    job = index.job(job_id)
+    if job is None:
+        raise NodeError(f"job {job_id} does not exist")
+    plan = Plan.from_json(job["plan"])
+    action = plan.actions[action_index]
+    index.set_job_state(job_id, "running")
+    index.set_action_state(job_id, action_index, "running")
+    try:
+        volume = load_job_volume(index, job)
+        tool = registry.get(action.API_name)
+        tool_input = ToolInput(
+            image=volume.array,
+            spacing=volume.spacing,
+            modality=volume.modality,
+            row_direction=tuple(volume.row_direction),
+            column_direction=tuple(volume.column_direction),
+            body_part=str(volume.datasets[0].get("BodyPartExamined", "")),
+            params=dict(action.API_params),
+            instruction=job["instruction"],
+            device=_device(settings),
+        )
+        result = tool.run(tool_input)
+    except Exception as exc:
+        logger.exception("job %s action %d (%s) failed", job_id, action_index, action.API_name)
+        result = ToolResult.failed(action.API_name, f"{type(exc).__name__}: {exc}")
+    result.save(_results_path(settings, job_id, action_index))
+    index.set_action_state(job_id, action_index, result.status.value, engine=result.engine, error=result.error or None)
+    if result.status is not ToolStatus.OK:
+        logger.warning("job %s action %d (%s): %s: %s", job_id, action_index, action.API_name, result.status.value, result.error)
+    return result.status.value
+
+
+def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
+    """Encode every successful action's result as DICOM, store it, and queue it for the job's destinations."""
+    job = index.job(job_id)
+    if job is None:
+        raise NodeError(f"job {job_id} does not exist")
+    destinations = json.loads(job["destinations"])
+    plan = Plan.from_json(job["plan"])
+    context = EncodingContext.from_settings(settings)
+    sop_instance_uids: list[str] = []
+    errors: list[str] = []
+    volume: Volume | None = None
+    for action_index, action in enumerate(plan.actions):
+        path = _results_path(settings, job_id, action_index)
+        if not path.with_suffix(".json").exists():
+            errors.append(f"action {action_index} ({action.API_name}) has no result")
+            continue
+        result = ToolResult.load(path)
+        if result.status is not ToolStatus.OK:
+            errors.append(f"action {action_index} ({action.API_name}): {result.error}")
+            continue
+        if not result.masks or not any(np.any(m) for m in result.masks.values()):
+            errors.append(f"action {action_index} ({action.API_name}) returned no mask to encode")
+            continue
+        try:
+            volume = volume or load_job_volume(index, job)
+            for note in volume.notes:
+                logger.info("job %s: %s", job_id, note)
+            objects = encode_segmentation_results(volume, result, result.engine, result.engine_version, context)
+        except Exception as exc:
+            logger.exception("job %s: encoding the result of action %d failed", job_id, action_index)
+            errors.append(f"action {action_index} ({action.API_name}) could not be encoded: {exc}")
+            continue
+        for encoded in objects:
+            dataset = encoded.dataset
+            sop_instance_uid = str(dataset.SOPInstanceUID)
+            output = Path(settings.node.storage) / "outputs" / job["study_instance_uid"] / f"{sop_instance_uid}.dcm"
+            buffer = io.BytesIO()
+            dataset.save_as(buffer, enforce_file_format=True)
+            write_durably(output, buffer.getvalue())
+            index.record_output(
+                sop_instance_uid=sop_instance_uid,
+                job_id=job_id,
+                kind=encoded.kind.value,
+                sop_class_uid=str(dataset.SOPClassUID),
+                path=str(output),
+                destinations=destinations,
+            )
+            sop_instance_uids.append(sop_instance_uid)
+            logger.info("job %s: %s %s stored, queued for %s", job_id, encoded.kind.value, sop_instance_uid, destinations)
+    state = "failed" if errors and not sop_instance_uids else "done"
+    index.set_job_state(job_id, state, "; ".join(errors) or None)
+    logger.info("job %s %s with %d object(s)%s", job_id, state, len(sop_instance_uids), f"; {errors}" if errors else "")
+    return sop_instance_uids

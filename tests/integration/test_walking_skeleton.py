@@ -1,0 +1,140 @@
+"""Issue 2 end to end: Orthanc pushes a real chest CT to the node; SEG, SR and SC come back to Orthanc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import UID
+
+from dicom_node.load import load_volume, read_series
+from tests.conftest import node_settings, running_node
+from tests.helpers.peers import dciodvfy_errors, shared_data, wait_until
+from tools.grounding.hounsfield import body_mask
+
+pytestmark = pytest.mark.integration
+
+SEG = UID("1.2.840.10008.5.1.4.1.1.66.4")
+COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
+VOLUME = ("118565006", "SCT")
+
+
+def _sr_volumes(sr: pydicom.Dataset) -> dict[str, tuple[float, str, int]]:
+    """Tracking identifier -> (volume value, unit, referenced segment number) from TID 1411 groups."""
+    volumes = {}
+    for item in sr.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+            continue
+        for group in item.ContentSequence:
+            tracking, value, unit, segment = None, None, None, None
+            for child in group.ContentSequence:
+                name = child.ConceptNameCodeSequence[0]
+                if name.CodeValue == "112039":  # Tracking Identifier
+                    tracking = child.TextValue
+                elif (name.CodeValue, name.CodingSchemeDesignator) == VOLUME:
+                    measured = child.MeasuredValueSequence[0]
+                    value = float(measured.NumericValue)
+                    unit = measured.MeasurementUnitsCodeSequence[0].CodeValue
+                elif name.CodeValue == "121191":  # Referenced Segment
+                    segment = int(child.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+            if value is not None:
+                volumes[tracking] = (value, unit, segment)
+    return volumes
+
+
+def test_chest_ct_from_orthanc_comes_back_as_seg_sr_and_sc(tmp_path: Path, orthanc) -> None:
+    ct_folder = shared_data("ct_chest_lidc0314")
+    ct_files = sorted(ct_folder.glob("*.dcm"))
+    settings = node_settings(
+        tmp_path / "node",
+        destinations=[{"name": "pacs", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        routes=[
+            {
+                "name": "chest-ct",
+                "match": {"Modality": "CT"},
+                "instruction": "Segment both lungs",
+                "destinations": ["pacs"],
+                "completion": {"quiet_seconds": 2},
+            }
+        ],
+    )
+    with running_node(settings) as node:
+        orthanc.add_modality("medagent", settings.node.ae_title, node.scp.port)
+        for path in ct_files:
+            orthanc.upload(path)
+        study_instance_uid = str(pydicom.dcmread(ct_files[0], stop_before_pixels=True).StudyInstanceUID)
+        orthanc_study = orthanc.request("POST", "/tools/lookup", study_instance_uid.encode())[0]["ID"]
+        orthanc.request("POST", "/modalities/medagent/store", orthanc_study.encode())
+
+        def results_in_orthanc():
+            instances = orthanc.instances_of_study(study_instance_uid)
+            classes = {i["MainDicomTags"].get("SOPInstanceUID"): i for i in instances}
+            found = {}
+            for instance in instances:
+                sop_class = orthanc.get(f"/instances/{instance['ID']}/metadata/SopClassUid").decode()
+                found.setdefault(sop_class, []).append(instance["ID"])
+            del classes
+            return found if all(k in found for k in (SEG, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE)) else None
+
+        found = wait_until(results_in_orthanc, timeout=600, interval=2, what="SEG, SR and SC in Orthanc")
+        deliveries = node.index.deliveries()
+        assert len(deliveries) == 3 and all(d["state"] == "delivered" for d in deliveries)
+        assert len(found[SEG]) == len(found[COMPREHENSIVE_3D_SR]) == len(found[SECONDARY_CAPTURE]) == 1
+
+    files = {}
+    for sop_class, ids in found.items():
+        if sop_class in (SEG, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE):
+            path = tmp_path / f"{sop_class}.dcm"
+            path.write_bytes(orthanc.instance_file(ids[0]))
+            files[sop_class] = path
+    for path in files.values():
+        errors, output = dciodvfy_errors(path)
+        assert errors == [], output
+
+    source = load_volume(read_series(ct_files))
+    seg = hd.seg.segread(files[SEG])
+    sr = pydicom.dcmread(files[COMPREHENSIVE_3D_SR])
+    sc = pydicom.dcmread(files[SECONDARY_CAPTURE])
+    for dataset in (seg, sr, sc):
+        assert dataset.StudyInstanceUID == source.study_instance_uid
+        assert dataset.SeriesInstanceUID != source.series_instance_uid
+    assert seg.SegmentationType == "BINARY"
+    labels = {int(s.SegmentNumber): s.SegmentLabel.lower() for s in seg.SegmentSequence}
+    assert sorted(labels.values()) == ["left lung", "right lung"]
+
+    # Masks in source slice order, mapped through each frame's referenced source instance.
+    slice_of = {str(d.SOPInstanceUID): i for i, d in enumerate(source.datasets)}
+    masks = {label: np.zeros(source.array.shape, dtype=bool) for label in labels.values()}
+    pixels = seg.pixel_array.reshape(-1, *source.array.shape[1:])
+    for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        referenced = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        masks[labels[number]][slice_of[str(referenced)]] = pixels[frame].astype(bool)
+
+    body = body_mask(source.array)
+    voxel_ml = source.voxel_volume_ml
+    assert voxel_ml == pytest.approx(5.0 * 0.78125 * 0.78125 / 1000)
+    centres = {}
+    for label, mask in masks.items():
+        count = int(mask.sum())
+        assert count * voxel_ml > 300, f"{label} mask is trivial: {count} voxels"
+        assert (mask & ~body).sum() <= 0.01 * count, f"{label} lies outside the body"
+        assert np.median(source.array[mask]) < -500, f"{label} is not air-filled lung tissue"
+        z, rows, columns = np.nonzero(mask)
+        centres[label] = source.patient_position_of(int(np.median(z)), float(rows.mean()), float(columns.mean()))
+    # LPS: +x is the patient's left
+    assert centres["left lung"][0] > centres["right lung"][0] + 50
+
+    volumes = _sr_volumes(sr)
+    assert set(volumes) >= {"left lung", "right lung"} or {k.lower() for k in volumes} >= {"left lung", "right lung"}
+    for tracking, (value, unit, segment) in volumes.items():
+        label = labels[segment]
+        assert unit.lower() == "ml"
+        assert value == pytest.approx(masks[label].sum() * voxel_ml, rel=1e-3, abs=0.1)
+        assert 300 < value < 4500, f"{label} volume {value} mL is not plausible for an adult lung"
+    assert sc.StudyInstanceUID == source.study_instance_uid
+    assert sc.PhotometricInterpretation == "RGB"

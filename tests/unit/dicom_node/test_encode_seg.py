@@ -1,0 +1,188 @@
+"""SEG encoder: round trip through a file, geometry trap of the lidc series, determinism, dciodvfy."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from config.settings import parse_settings
+from dicom_node.encode import EncodingContext, OutputKind, output_uids, series_number, structure_codes
+from dicom_node.encode.common import segment_color
+from dicom_node.encode.seg import encode_seg
+from dicom_node.errors import EncodeError
+from dicom_node.load import load_volume
+from tests.unit.dicom_node.conftest import ALGORITHM_NAME, ALGORITHM_VERSION, all_uids, dciodvfy_output
+
+
+@pytest.fixture(scope="module")
+def seg_file(chest_ct, lung_masks, encoding_context, tmp_path_factory):
+    dataset = encode_seg(chest_ct, lung_masks, ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context)
+    path = tmp_path_factory.mktemp("seg") / "seg.dcm"
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seg(seg_file):
+    return hd.seg.segread(seg_file)
+
+
+def test_seg_is_binary_with_one_segment_per_structure_and_empty_frames_kept(seg) -> None:
+    assert seg.SOPClassUID == pydicom.uid.SegmentationStorage
+    assert seg.SegmentationType == "BINARY"
+    assert int(seg.NumberOfFrames) == 55 * 2
+    labels = [(int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence]
+    assert labels == [(1, "left lung"), (2, "right lung")]
+    for item in seg.SegmentSequence:
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == ALGORITHM_NAME
+        assert algorithm.AlgorithmVersion == ALGORITHM_VERSION
+        family = algorithm.AlgorithmFamilyCodeSequence[0]
+        assert (family.CodeValue, family.CodingSchemeDesignator) == ("123110", "DCM")
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == ("91723000", "SCT")
+        assert item.TrackingID == item.SegmentLabel
+    types = [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence]
+    assert types == ["44029006", "3341006"]
+    colours = [tuple(s.RecommendedDisplayCIELabValue) for s in seg.SegmentSequence]
+    assert len(set(colours)) == 2
+    assert colours[0] == tuple(hd.color.CIELabColor.from_rgb(*segment_color(0)).value)
+
+
+def test_seg_pixels_equal_the_masks_slice_by_slice(seg, chest_ct, lung_masks) -> None:
+    source_uids = [str(d.SOPInstanceUID) for d in chest_ct.datasets]
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=source_uids, segment_numbers=[1, 2], combine_segments=False, dtype=bool
+    )
+    assert pixels.shape == (55, 512, 512, 2)
+    np.testing.assert_array_equal(pixels[..., 0], lung_masks["left lung"])
+    np.testing.assert_array_equal(pixels[..., 1], lung_masks["right lung"])
+
+
+def test_seg_joins_the_study_in_a_new_series_in_one_frame_of_reference(seg, chest_ct) -> None:
+    source = chest_ct.datasets[0]
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.SeriesNumber == 9001
+    assert seg.Modality == "SEG"
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.PatientID == source.PatientID
+    expected = sorted(float(d.ImagePositionPatient[2]) for d in chest_ct.datasets)
+    for segment_number in (1, 2):
+        positions = [
+            float(frame.PlanePositionSequence[0].ImagePositionPatient[2])
+            for frame in seg.PerFrameFunctionalGroupsSequence
+            if frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber == segment_number
+        ]
+        assert sorted(positions) == expected
+
+
+def test_seg_names_the_node_as_contributing_equipment(seg) -> None:
+    items = [
+        item
+        for item in seg.ContributingEquipmentSequence
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+    ]
+    assert len(items) == 1
+    item = items[0]
+    purpose = item.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodingSchemeDesignator, purpose.CodeMeaning) == ("99IHE", "Processing Algorithm")
+    assert item.Manufacturer == "MedAgent"
+    assert item.ManufacturerModelName == "MedAgent Node"
+    assert item.InstitutionName == "Test Hospital"
+    assert f"{ALGORITHM_NAME} {ALGORITHM_VERSION}" in list(item.SoftwareVersions)
+
+
+def test_seg_uids_are_deterministic(chest_ct, lung_masks, encoding_context, seg) -> None:
+    again = encode_seg(chest_ct, lung_masks, ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context)
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (seg.SOPInstanceUID, seg.SeriesInstanceUID)
+    assert all_uids(again) == all_uids(seg)
+    other = encode_seg(chest_ct, lung_masks, ALGORITHM_NAME, "2.0", encoding_context)
+    assert other.SOPInstanceUID != seg.SOPInstanceUID
+    assert other.SeriesInstanceUID != seg.SeriesInstanceUID
+
+
+def test_seg_leaves_the_callers_datasets_alone_and_logs_uids_only(chest_ct, lung_masks, encoding_context, caplog):
+    before = [str(d.FrameOfReferenceUID) for d in chest_ct.datasets]
+    with caplog.at_level(logging.INFO, logger="dicom_node.encode"):
+        encode_seg(chest_ct, {"left lung": lung_masks["left lung"]}, ALGORITHM_NAME, "3", encoding_context)
+    assert [str(d.FrameOfReferenceUID) for d in chest_ct.datasets] == before
+    assert len(set(before)) == 55
+    assert "PixelData" in chest_ct.datasets[0]
+    messages = [r.getMessage() for r in caplog.records if r.name == "dicom_node.encode.seg"]
+    assert any("Frame of Reference" in m and str(before[0]) in m for m in messages), messages
+    assert not any(str(chest_ct.datasets[0].PatientID) in m for m in messages)
+
+
+def test_seg_of_a_single_slice_has_one_frame_per_segment(encoding_context, tmp_path, dciodvfy) -> None:
+    volume = load_volume([pydicom.dcmread(get_testdata_file("CT_small.dcm"))])
+    masks = {"Body": volume.array > -500, "nodule": np.zeros(volume.array.shape, bool)}
+    dataset = encode_seg(volume, masks, "threshold", "1", encoding_context)
+    path = tmp_path / "seg.dcm"
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    seg = hd.seg.segread(path)
+    assert int(seg.NumberOfFrames) == 2
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Body", "nodule"]
+    nodule = seg.SegmentSequence[1]
+    assert nodule.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert nodule.SegmentedPropertyTypeCodeSequence[0].CodeValue == "27925004"
+    pixels = seg.get_pixels_by_source_instance(
+        [str(volume.datasets[0].SOPInstanceUID)], segment_numbers=[1, 2], dtype=bool
+    )
+    np.testing.assert_array_equal(pixels[0, ..., 0], masks["Body"][0])
+    assert not pixels[..., 1].any()
+    errors = dciodvfy(path)
+    assert errors == [], dciodvfy_output(path)
+
+
+def test_seg_passes_dciodvfy(seg_file, dciodvfy) -> None:
+    errors = dciodvfy(seg_file)
+    assert errors == [], dciodvfy_output(seg_file)
+
+
+def test_seg_rejects_a_mask_of_the_wrong_shape(chest_ct, encoding_context) -> None:
+    with pytest.raises(EncodeError, match="'liver'"):
+        encode_seg(chest_ct, {"liver": np.zeros((3, 4, 5), bool)}, "x", "1", encoding_context)
+    with pytest.raises(EncodeError, match="masks"):
+        encode_seg(chest_ct, {}, "x", "1", encoding_context)
+
+
+def test_structure_codes_cover_laterality_and_unknown_labels() -> None:
+    assert structure_codes("Left Lung").type.value == "44029006"
+    assert structure_codes("lungs").type.value == "39607008"
+    kidney = structure_codes("left kidney")
+    assert (kidney.type.value, kidney.laterality.value) == ("64033007", "7771000")
+    unknown = structure_codes("something odd")
+    assert not unknown.known
+    assert (unknown.category.value, unknown.type.value) == ("85756007", "85756007")
+
+
+def test_unknown_and_lateral_labels_still_encode(encoding_context) -> None:
+    volume = load_volume([pydicom.dcmread(get_testdata_file("CT_small.dcm"))])
+    masks = {"something odd": volume.array > 0, "left kidney": volume.array > 100}
+    dataset = encode_seg(volume, masks, "threshold", "1", encoding_context)
+    kidney = dataset.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
+    assert kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
+    assert dataset.SegmentSequence[1].SegmentLabel == "something odd"
+
+
+def test_context_from_settings_series_numbers_and_uids(chest_ct) -> None:
+    settings = parse_settings({"node": {"uid_prefix": "1.2.3.", "series_number_base": 500}}, environ={})
+    context = EncodingContext.from_settings(settings)
+    assert (context.uid_prefix, context.node_ae_title) == ("1.2.3.", "MEDAGENT")
+    assert [series_number(context, kind) for kind in ("SEG", "SR", "SC")] == [501, 502, 503]
+    seg_uids = output_uids(context, chest_ct, OutputKind.SEG, "tool", "1")
+    assert seg_uids == output_uids(context, chest_ct, "SEG", "tool", "1")
+    assert seg_uids != output_uids(context, chest_ct, OutputKind.SR, "tool", "1")
+    assert all(uid.startswith("1.2.3.") and len(uid) <= 64 for uid in seg_uids)
+    other_series = dataclasses.replace(chest_ct, datasets=chest_ct.datasets[:-1])
+    assert output_uids(context, other_series, OutputKind.SEG, "tool", "1") != seg_uids
+    with pytest.raises(ValueError, match="'uid_prefix'"):
+        EncodingContext(uid_prefix="1.2.3", series_number_base=1, institution_name="x", node_ae_title="A")

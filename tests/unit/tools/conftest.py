@@ -1,0 +1,9 @@
+import pytest
+
+from dicom_node.load import load_volume, read_series
+from tests.helpers.peers import shared_data
+
+
+@pytest.fixture(scope="session")
+def chest_ct():
+    return load_volume(read_series(sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))))

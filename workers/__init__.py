@@ -1,0 +1,1 @@
+"""Celery: the app, thin tasks, the canvas that turns a Plan into tasks, the per-process model cache."""
