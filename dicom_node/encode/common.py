@@ -7,6 +7,7 @@ produces the same objects and never duplicates them in the PACS (DESIGN.md 1 and
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import re
@@ -196,7 +197,7 @@ def add_contributing_equipment(
 
 
 def metadata_view(dataset: Dataset, frame_of_reference_uid: str | None = None) -> Dataset:
-    """A new Dataset holding ``dataset``'s public attributes without pixel data, never changing the caller's.
+    """A copy of ``dataset``'s public attributes without pixel data; changing it never changes the caller's.
 
     With ``frame_of_reference_uid`` the view carries that Frame of Reference UID instead of its own (used
     to give a series whose slices carry different FoR UIDs over one geometry a single frame of reference).
@@ -205,7 +206,7 @@ def metadata_view(dataset: Dataset, frame_of_reference_uid: str | None = None) -
     for element in dataset:
         if element.tag.is_private or element.tag in _PIXEL_DATA_TAGS:
             continue
-        view.add(element)
+        view.add(copy.deepcopy(element))
     if frame_of_reference_uid is not None:
         view[_FRAME_OF_REFERENCE_UID] = DataElement(_FRAME_OF_REFERENCE_UID, "UI", frame_of_reference_uid)
     if hasattr(dataset, "file_meta"):
