@@ -78,7 +78,9 @@ class Plan:
         actions = []
         for index, item in enumerate(data["actions"]):
             if not isinstance(item, dict) or "API_name" not in item:
-                raise PlanError(f"Invalid 'actions[{index}]' value {item!r} - must be an object with 'API_name'")
+                raise PlanError(
+                    f"Invalid 'actions[{index}]' value {item!r} - must be an object with 'API_name'"
+                )
             actions.append(Action(item["API_name"], item.get("API_params") or {}))
         return cls(thoughts=data["thoughts"], actions=tuple(actions), value=data["value"])
 
@@ -90,4 +92,8 @@ class Plan:
             raise PlanError(f"the plan is not valid JSON: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"thoughts": self.thoughts, "actions": [a.to_dict() for a in self.actions], "value": self.value}
+        return {
+            "thoughts": self.thoughts,
+            "actions": [a.to_dict() for a in self.actions],
+            "value": self.value,
+        }

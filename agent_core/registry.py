@@ -72,4 +72,3 @@ class ToolRegistry:
                 ) from None
             actions.append(Action(name, action.API_params))
         return Plan(thoughts=plan.thoughts, actions=tuple(actions), value=plan.value)
-

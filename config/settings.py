@@ -57,7 +57,9 @@ class NodeSection(_Strict):
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", value) or len(value) > 40:
-            raise ValueError(f"'{value}' must be a dotted numeric UID root ending with '.', at most 40 characters")
+            raise ValueError(
+                f"'{value}' must be a dotted numeric UID root ending with '.', at most 40 characters"
+            )
         return value
 
 

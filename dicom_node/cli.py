@@ -37,7 +37,10 @@ def _serve(arguments: argparse.Namespace) -> int:
     node.start()
     logging.getLogger(__name__).info(
         "MedAgent node %s ready on %s:%d, storage %s",
-        settings.node.ae_title, settings.node.bind, node.scp.port, node.storage,
+        settings.node.ae_title,
+        settings.node.bind,
+        node.scp.port,
+        node.storage,
     )
     node.wait()
     node.stop()
@@ -53,7 +56,15 @@ def _worker(arguments: argparse.Namespace) -> int:
 
     del settings
     app.worker_main(
-        ["worker", "--queues", arguments.queues, "--concurrency", str(arguments.concurrency), "--loglevel", arguments.log_level]
+        [
+            "worker",
+            "--queues",
+            arguments.queues,
+            "--concurrency",
+            str(arguments.concurrency),
+            "--loglevel",
+            arguments.log_level,
+        ]
     )
     return 0
 

@@ -1,10 +1,10 @@
 """The node's exception tree.
 
-    NodeError
-    ├── SpoolError            an instance could not be made durable (the SCP answers 0xA700)
-    ├── LoadError             a series cannot be turned into a volume (reason in the message)
-    ├── EncodeError           a result cannot be encoded as a valid DICOM object
-    └── DeliveryFailed        a C-STORE to a destination did not succeed (carries what a retry needs)
+NodeError
+├── SpoolError            an instance could not be made durable (the SCP answers 0xA700)
+├── LoadError             a series cannot be turned into a volume (reason in the message)
+├── EncodeError           a result cannot be encoded as a valid DICOM object
+└── DeliveryFailed        a C-STORE to a destination did not succeed (carries what a retry needs)
 """
 
 from __future__ import annotations

@@ -308,7 +308,13 @@ class Index:
     # -- outputs and the outbox -----------------------------------------------------------------------
 
     def record_output(
-        self, *, sop_instance_uid: str, job_id: str, kind: str, sop_class_uid: str, path: str,
+        self,
+        *,
+        sop_instance_uid: str,
+        job_id: str,
+        kind: str,
+        sop_class_uid: str,
+        path: str,
         destinations: list[str],
     ) -> None:
         """Record an encoded object and queue it once for each destination (idempotent)."""

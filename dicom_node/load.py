@@ -93,7 +93,10 @@ def load_volume(datasets: Sequence[Dataset]) -> Volume:
     notes: list[str] = []
     for dataset in datasets[1:]:
         other_row, other_column, _ = _geometry_of(dataset)
-        if not (np.allclose(other_row, row_direction, atol=1e-3) and np.allclose(other_column, column_direction, atol=1e-3)):
+        if not (
+            np.allclose(other_row, row_direction, atol=1e-3)
+            and np.allclose(other_column, column_direction, atol=1e-3)
+        ):
             raise LoadError("slices of the series have different orientations")
     shapes = {(int(d.Rows), int(d.Columns)) for d in datasets}
     if len(shapes) > 1:

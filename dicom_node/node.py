@@ -103,10 +103,25 @@ class Node:
     def _start_worker(self) -> None:
         environment = dict(os.environ, MEDAGENT_CONFIG=str(self.config_path))
         command = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-            "--queues", "cpu,gpu", "--pool", "solo", "--concurrency", "1",
-            "--loglevel", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle",
-            "--hostname", f"embedded@{self.settings.node.ae_title}",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "--queues",
+            "cpu,gpu",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"embedded@{self.settings.node.ae_title}",
         ]
         log = open(self.storage / "worker.log", "ab")
         self._worker = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)

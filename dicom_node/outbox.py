@@ -13,9 +13,9 @@ import time
 from collections import defaultdict
 
 import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from config import Destination, Settings
 from dicom_node.errors import DeliveryFailed
@@ -24,7 +24,9 @@ from dicom_node.index import Index
 logger = logging.getLogger(__name__)
 
 
-def store_objects(settings: Settings, destination: Destination, paths: dict[str, str]) -> dict[str, DeliveryFailed | None]:
+def store_objects(
+    settings: Settings, destination: Destination, paths: dict[str, str]
+) -> dict[str, DeliveryFailed | None]:
     """C-STORE the files ``{sop_instance_uid: path}`` over one association; ``None`` marks success."""
     datasets = {uid: pydicom.dcmread(path) for uid, path in paths.items()}
     ae = AE(ae_title=settings.node.ae_title)
@@ -35,7 +37,13 @@ def store_objects(settings: Settings, destination: Destination, paths: dict[str,
     ae.maximum_pdu_size = settings.node.max_pdu_size
     contexts = []
     for sop_class_uid in sorted({str(d.SOPClassUID) for d in datasets.values()}):
-        syntaxes = sorted({str(d.file_meta.TransferSyntaxUID) for d in datasets.values() if str(d.SOPClassUID) == sop_class_uid})
+        syntaxes = sorted(
+            {
+                str(d.file_meta.TransferSyntaxUID)
+                for d in datasets.values()
+                if str(d.SOPClassUID) == sop_class_uid
+            }
+        )
         for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             if syntax not in syntaxes:
                 syntaxes.append(syntax)
@@ -54,7 +62,9 @@ def store_objects(settings: Settings, destination: Destination, paths: dict[str,
                 continue
             code = int(status.Status) if status and "Status" in status else None
             if code is None:
-                outcome[uid] = DeliveryFailed(destination.name, uid, None, "no response (connection lost or time-out)")
+                outcome[uid] = DeliveryFailed(
+                    destination.name, uid, None, "no response (connection lost or time-out)"
+                )
             elif code in (0x0000, 0xB000, 0xB007, 0xB006):
                 outcome[uid] = None
             else:
@@ -65,7 +75,9 @@ def store_objects(settings: Settings, destination: Destination, paths: dict[str,
         if assoc.is_established:
             assoc.release()
     for uid in datasets:
-        outcome.setdefault(uid, DeliveryFailed(destination.name, uid, None, "association ended before sending"))
+        outcome.setdefault(
+            uid, DeliveryFailed(destination.name, uid, None, "association ended before sending")
+        )
     return outcome
 
 
@@ -78,7 +90,7 @@ class Outbox:
 
     def next_attempt(self, attempts: int, now: float) -> float:
         policy = self.settings.delivery
-        return now + min(policy.retry_initial_seconds * (2 ** attempts), policy.retry_max_seconds)
+        return now + min(policy.retry_initial_seconds * (2**attempts), policy.retry_max_seconds)
 
     def deliver_due(self, now: float | None = None) -> int:
         """Try every due delivery once; return how many were delivered."""
@@ -92,13 +104,21 @@ class Outbox:
                 destination = self.settings.destination(name)
             except KeyError:
                 for uid in rows:
-                    self._record(rows[uid], DeliveryFailed(name, uid, None, f"destination '{name}' is not configured"), now)
+                    self._record(
+                        rows[uid],
+                        DeliveryFailed(name, uid, None, f"destination '{name}' is not configured"),
+                        now,
+                    )
                 continue
             try:
-                outcome = store_objects(self.settings, destination, {uid: row["path"] for uid, row in rows.items()})
+                outcome = store_objects(
+                    self.settings, destination, {uid: row["path"] for uid, row in rows.items()}
+                )
             except Exception as exc:  # an unreadable file or a network library error must not stop the outbox
                 logger.exception("delivery to '%s' failed", name)
-                outcome = {uid: DeliveryFailed(name, uid, None, f"{type(exc).__name__}: {exc}") for uid in rows}
+                outcome = {
+                    uid: DeliveryFailed(name, uid, None, f"{type(exc).__name__}: {exc}") for uid in rows
+                }
             for uid, failure in outcome.items():
                 self._record(rows[uid], failure, now)
                 delivered += failure is None
@@ -107,15 +127,21 @@ class Outbox:
     def _record(self, row, failure: DeliveryFailed | None, now: float) -> None:
         uid, name = row["sop_instance_uid"], row["destination"]
         if failure is None:
-            self.index.update_delivery(uid, name, state="delivered", status=0, error=None, next_attempt_at=now)
+            self.index.update_delivery(
+                uid, name, state="delivered", status=0, error=None, next_attempt_at=now
+            )
             logger.info("delivered %s %s to '%s'", row["kind"], uid, name)
             return
         first = row["first_attempt_at"] or now
         expired = now - first >= self.settings.delivery.give_up_after_hours * 3600
         if not failure.transient or expired:
-            self.index.update_delivery(uid, name, state="dead", status=failure.status, error=str(failure), next_attempt_at=now)
+            self.index.update_delivery(
+                uid, name, state="dead", status=failure.status, error=str(failure), next_attempt_at=now
+            )
             logger.error("dead letter: %s (after %d tries)", failure, row["attempts"] + 1)
             return
         next_at = self.next_attempt(row["attempts"], now)
-        self.index.update_delivery(uid, name, state="pending", status=failure.status, error=str(failure), next_attempt_at=next_at)
+        self.index.update_delivery(
+            uid, name, state="pending", status=failure.status, error=str(failure), next_attempt_at=next_at
+        )
         logger.warning("%s; retry in %.0f s", failure, next_at - now)

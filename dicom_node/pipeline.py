@@ -70,7 +70,9 @@ def plan_study(
     """
     rows = select_series(index, study_instance_uid, route)
     if rows is None:
-        logger.warning("study %s: no image series matches route '%s'; nothing to do", study_instance_uid, route.name)
+        logger.warning(
+            "study %s: no image series matches route '%s'; nothing to do", study_instance_uid, route.name
+        )
         return None
     attributes: dict[str, Any] = json.loads(rows[0]["attributes"])
     context = StudyContext(
@@ -83,7 +85,9 @@ def plan_study(
     plan = RulesPlanner(registry).plan(route.instruction, context)
     series_instance_uid = rows[0]["series_instance_uid"]
     job_id = hashlib.sha256(
-        "\n".join([study_instance_uid, series_instance_uid, _instance_set_digest(rows), route.instruction]).encode()
+        "\n".join(
+            [study_instance_uid, series_instance_uid, _instance_set_digest(rows), route.instruction]
+        ).encode()
     ).hexdigest()[:24]
     created = index.create_job(
         job_id=job_id,
@@ -95,13 +99,15 @@ def plan_study(
         plan=plan.to_dict(),
     )
     if not created:
-        logger.info("study %s: job %s exists already for these instances; not run again", study_instance_uid, job_id)
+        logger.info(
+            "study %s: job %s exists already for these instances; not run again", study_instance_uid, job_id
+        )
         return None
     logger.info(
-            "job %s for study %s series %s: %d action(s) %s",
-            job_id,
-            study_instance_uid,
-            series_instance_uid,
+        "job %s for study %s series %s: %d action(s) %s",
+        job_id,
+        study_instance_uid,
+        series_instance_uid,
         len(plan.actions),
         [a.API_name for a in plan.actions],
     )
@@ -126,7 +132,9 @@ def _device(settings: Settings) -> str:
     return device
 
 
-def run_action(settings: Settings, index: Index, job_id: str, action_index: int, registry: ToolRegistry) -> str:
+def run_action(
+    settings: Settings, index: Index, job_id: str, action_index: int, registry: ToolRegistry
+) -> str:
     """Run one action of a job and store its ``ToolResult``; return the action's final state.
 
     Never raises for a broken study or a failing tool: the error is recorded on the action, so the rest of
@@ -158,9 +166,18 @@ def run_action(settings: Settings, index: Index, job_id: str, action_index: int,
         logger.exception("job %s action %d (%s) failed", job_id, action_index, action.API_name)
         result = ToolResult.failed(action.API_name, f"{type(exc).__name__}: {exc}")
     result.save(_results_path(settings, job_id, action_index))
-    index.set_action_state(job_id, action_index, result.status.value, engine=result.engine, error=result.error or None)
+    index.set_action_state(
+        job_id, action_index, result.status.value, engine=result.engine, error=result.error or None
+    )
     if result.status is not ToolStatus.OK:
-        logger.warning("job %s action %d (%s): %s: %s", job_id, action_index, action.API_name, result.status.value, result.error)
+        logger.warning(
+            "job %s action %d (%s): %s: %s",
+            job_id,
+            action_index,
+            action.API_name,
+            result.status.value,
+            result.error,
+        )
     return result.status.value
 
 
@@ -191,7 +208,9 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
             volume = volume or load_job_volume(index, job)
             for note in volume.notes:
                 logger.info("job %s: %s", job_id, note)
-            objects = encode_segmentation_results(volume, result, result.engine, result.engine_version, context)
+            objects = encode_segmentation_results(
+                volume, result, result.engine, result.engine_version, context
+            )
         except Exception as exc:
             logger.exception("job %s: encoding the result of action %d failed", job_id, action_index)
             errors.append(f"action {action_index} ({action.API_name}) could not be encoded: {exc}")
@@ -199,7 +218,12 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
         for encoded in objects:
             dataset = encoded.dataset
             sop_instance_uid = str(dataset.SOPInstanceUID)
-            output = Path(settings.node.storage) / "outputs" / job["study_instance_uid"] / f"{sop_instance_uid}.dcm"
+            output = (
+                Path(settings.node.storage)
+                / "outputs"
+                / job["study_instance_uid"]
+                / f"{sop_instance_uid}.dcm"
+            )
             buffer = io.BytesIO()
             dataset.save_as(buffer, enforce_file_format=True)
             write_durably(output, buffer.getvalue())
@@ -212,8 +236,20 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
                 destinations=destinations,
             )
             sop_instance_uids.append(sop_instance_uid)
-            logger.info("job %s: %s %s stored, queued for %s", job_id, encoded.kind.value, sop_instance_uid, destinations)
+            logger.info(
+                "job %s: %s %s stored, queued for %s",
+                job_id,
+                encoded.kind.value,
+                sop_instance_uid,
+                destinations,
+            )
     state = "failed" if errors and not sop_instance_uids else "done"
     index.set_job_state(job_id, state, "; ".join(errors) or None)
-    logger.info("job %s %s with %d object(s)%s", job_id, state, len(sop_instance_uids), f"; {errors}" if errors else "")
+    logger.info(
+        "job %s %s with %d object(s)%s",
+        job_id,
+        state,
+        len(sop_instance_uids),
+        f"; {errors}" if errors else "",
+    )
     return sop_instance_uids

@@ -186,5 +186,3 @@ class StorageSCP:
             return OUT_OF_RESOURCES
         logger.debug("stored %s in study %s", sop_instance_uid, study_instance_uid)
         return SUCCESS
-
-

@@ -15,7 +15,9 @@ from dicom_node.index import Index
 logger = logging.getLogger(__name__)
 
 
-def complete_due_studies(settings: Settings, index: Index, now: float | None = None) -> list[tuple[str, str | None]]:
+def complete_due_studies(
+    settings: Settings, index: Index, now: float | None = None
+) -> list[tuple[str, str | None]]:
     """Mark studies whose quiet period passed; return ``(study uid, route name or None)`` for each."""
     now = time.time() if now is None else now
     completed = []
@@ -24,7 +26,10 @@ def complete_due_studies(settings: Settings, index: Index, now: float | None = N
         state = "complete" if route else "unrouted"
         if index.mark_study(study["study_instance_uid"], state, study["last_received_at"]):
             if route is None:
-                logger.info("study %s complete; no route matches, kept without processing", study["study_instance_uid"])
+                logger.info(
+                    "study %s complete; no route matches, kept without processing",
+                    study["study_instance_uid"],
+                )
             else:
                 logger.info("study %s complete (route '%s')", study["study_instance_uid"], route)
             completed.append((study["study_instance_uid"], route))

@@ -99,7 +99,9 @@ class ToolResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         labels = list(self.masks)
-        np.savez_compressed(path.with_suffix(".npz"), **{f"mask{i}": self.masks[label] for i, label in enumerate(labels)})
+        np.savez_compressed(
+            path.with_suffix(".npz"), **{f"mask{i}": self.masks[label] for i, label in enumerate(labels)}
+        )
         document = {
             "status": self.status.value,
             "engine": self.engine,

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from agent_core.protocol import Action, Plan
 from agent_core.registry import ToolRegistry
 
-_SEGMENT_WORDS = re.compile(r"\b(segment\w*|outline\w*|contour\w*|delineat\w*|mask\w*|volume\w*|measure\w*)\b")
+_SEGMENT_WORDS = re.compile(
+    r"\b(segment\w*|outline\w*|contour\w*|delineat\w*|mask\w*|volume\w*|measure\w*)\b"
+)
 _STRUCTURES = (
     (re.compile(r"\bleft lung\b"), ("left lung",)),
     (re.compile(r"\bright lung\b"), ("right lung",)),

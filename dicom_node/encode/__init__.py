@@ -7,7 +7,10 @@ series and the result's algorithm and structures, so re-running a job writes the
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from dicom_node.encode.codes import StructureCodes, procedure_reported, structure_codes
 from dicom_node.encode.common import (
@@ -26,6 +29,8 @@ from dicom_node.errors import EncodeError
 if TYPE_CHECKING:
     from dicom_node.load import Volume
     from tools.base import ToolResult
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EncodedObject",
@@ -53,15 +58,20 @@ def encode_segmentation_results(
 ) -> list[EncodedObject]:
     """SEG, SR (referencing that SEG) and SC of ``result`` over ``volume``, in that order.
 
-    A result with boxes but no masks gets only the SC; one with neither raises ``EncodeError``.
+    Masks that are all empty get no SR (there is nothing to measure); a result with boxes but no masks
+    gets only the SC; one with neither raises ``EncodeError``.
     """
     if not result.masks and not result.boxes:
         raise EncodeError("Invalid 'result' - it holds no masks and no boxes, nothing to encode")
     objects = []
     if result.masks:
         seg = encode_seg(volume, result.masks, algorithm_name, algorithm_version, context)
-        sr = encode_sr(volume, seg, result.masks, algorithm_name, algorithm_version, context)
-        objects += [EncodedObject(OutputKind.SEG, seg), EncodedObject(OutputKind.SR, sr)]
+        objects.append(EncodedObject(OutputKind.SEG, seg))
+        if any(np.any(mask) for mask in result.masks.values()):
+            sr = encode_sr(volume, seg, result.masks, algorithm_name, algorithm_version, context)
+            objects.append(EncodedObject(OutputKind.SR, sr))
+        else:
+            logger.info("SEG %s: every segment is empty; no SR", seg.SOPInstanceUID)
     sc = encode_sc(volume, result.masks, result.boxes, algorithm_name, algorithm_version, context)
     objects.append(EncodedObject(OutputKind.SC, sc))
     return objects

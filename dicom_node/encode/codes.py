@@ -67,7 +67,13 @@ _ABNORMAL: dict[str, Code] = {
     "tumor": codes.SCT.Neoplasm,
     "tumour": codes.SCT.Neoplasm,
 }
-_ALIASES = {"lungs": "lung", "both lungs": "lung", "entire body": "body", "kidneys": "kidney", "oesophagus": "esophagus"}
+_ALIASES = {
+    "lungs": "lung",
+    "both lungs": "lung",
+    "entire body": "body",
+    "kidneys": "kidney",
+    "oesophagus": "esophagus",
+}
 _SIDES = {"left": LEFT, "right": RIGHT}
 
 

@@ -88,10 +88,14 @@ class EncodingContext:
                 f"Invalid 'series_number_base' value {self.series_number_base} - must be 0 to {2**31 - 1000}"
             )
         if not self.node_ae_title.strip() or len(self.node_ae_title.strip()) > 16:
-            raise ValueError(f"Invalid 'node_ae_title' value '{self.node_ae_title}' - must be 1 to 16 characters")
+            raise ValueError(
+                f"Invalid 'node_ae_title' value '{self.node_ae_title}' - must be 1 to 16 characters"
+            )
         for name in ("institution_name", "manufacturer", "model_name", "software_version"):
             if len(getattr(self, name)) > _LONG_STRING:
-                raise ValueError(f"Invalid '{name}' value '{getattr(self, name)}' - must not exceed 64 characters")
+                raise ValueError(
+                    f"Invalid '{name}' value '{getattr(self, name)}' - must not exceed 64 characters"
+                )
 
     @classmethod
     def from_settings(cls, settings: Any) -> EncodingContext:
@@ -130,7 +134,9 @@ def derived_uid(context: EncodingContext, volume: Volume, *entropy: object) -> s
     )
 
 
-def output_uids(context: EncodingContext, volume: Volume, kind: OutputKind | str, *entropy: object) -> tuple[str, str]:
+def output_uids(
+    context: EncodingContext, volume: Volume, kind: OutputKind | str, *entropy: object
+) -> tuple[str, str]:
     """``(series_instance_uid, sop_instance_uid)`` of the ``kind`` object derived from ``volume``.
 
     ``entropy`` should name what made the result (tool name, engine version), so that different tools on

@@ -90,7 +90,9 @@ def render_grey(volume: Volume, index: int, window: tuple[float, float]) -> np.n
     return np.round(grey).astype(np.uint8)
 
 
-def _draw_masks(rgb: np.ndarray, masks: Mapping[str, np.ndarray], colors: Mapping[str, tuple[int, int, int]]) -> None:
+def _draw_masks(
+    rgb: np.ndarray, masks: Mapping[str, np.ndarray], colors: Mapping[str, tuple[int, int, int]]
+) -> None:
     thickness = 2 if min(rgb.shape[:2]) >= 384 else 1
     for label, mask in masks.items():
         if not mask.any():
@@ -144,7 +146,9 @@ def patient_orientation(row_direction: np.ndarray, column_direction: np.ndarray)
     def letters(direction: np.ndarray) -> str:
         order = np.argsort(-np.abs(direction))
         return "".join(
-            _ORIENTATION_LETTERS[axis][int(direction[axis] > 0)] for axis in order if abs(direction[axis]) > 1e-3
+            _ORIENTATION_LETTERS[axis][int(direction[axis] > 0)]
+            for axis in order
+            if abs(direction[axis]) > 1e-3
         )
 
     return letters(np.asarray(row_direction, float)), letters(np.asarray(column_direction, float))
@@ -179,6 +183,7 @@ def encode_sc(
     entropy = result_entropy(algorithm_name, algorithm_version, labels)
     series_instance_uid, sop_instance_uid = output_uids(context, volume, OutputKind.SC, *entropy)
     _, row_spacing, column_spacing = volume.spacing
+    orientation = patient_orientation(volume.row_direction, volume.column_direction)
     try:
         image = hd.sc.SCImage(
             pixel_array=pixels,
@@ -201,19 +206,25 @@ def encode_sc(
             study_time=_empty_to_none(source.get("StudyTime")),
             referring_physician_name=_empty_to_none(source.get("ReferringPhysicianName")),
             pixel_spacing=(row_spacing, column_spacing),
-            patient_orientation=patient_orientation(volume.row_direction, volume.column_direction),
+            patient_orientation=(orientation[0][0], orientation[1][0]),
             series_description=long_string(f"AI key image ({algorithm_name})"),
             manufacturer_model_name=context.model_name,
             software_versions=long_string(context.software_version),
             device_serial_number=context.node_ae_title.strip(),
             institution_name=context.institution_name,
+            specific_character_set=_empty_to_none(source.get("SpecificCharacterSet")),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodeError(f"cannot build a key image over series {volume.series_instance_uid}: {exc}") from exc
+        raise EncodeError(
+            f"cannot build a key image over series {volume.series_instance_uid}: {exc}"
+        ) from exc
+    image.PatientOrientation = list(orientation)  # highdicom takes one letter per direction; oblique has more
     image.copy_patient_and_study_information(source)
     for keyword in _SERIES_LEVEL:
         if source.get(keyword):
             setattr(image, keyword, source.get(keyword))
+    if "Laterality" not in image and not source.get("BodyPartExamined") and "ImageLaterality" not in source:
+        image.Laterality = None  # Type 2C: the body part is unknown, so it may be paired; laterality unknown
     image.ConversionType = "WSD"
     image.BurnedInAnnotation = "NO"
     image.DerivationDescription = long_string(f"Key slice rendered with {algorithm_name} results")

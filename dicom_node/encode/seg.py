@@ -2,9 +2,9 @@
 
 Frames are ordered by highdicom (segment by segment, then by position along the slice normal); each frame
 references its source slice and carries its plane position. Every UID in the object, the Dimension
-Organization UID included, is deterministic. A series whose slices carry different Frame of Reference UIDs over one
-geometry (a de-identification artefact) is encoded in the first slice's frame of reference; the caller's
-datasets are never changed.
+Organization UID included, is deterministic. A series whose slices carry different Frame of Reference UIDs
+over one geometry (a de-identification artefact) is encoded in the first slice's frame of reference; the
+caller's datasets are never changed.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pydicom.sr.codedict import codes
 from dicom_node.encode.codes import coded_item, structure_codes
 from dicom_node.encode.common import (
     EncodingContext,
-    derived_uid,
     OutputKind,
     add_contributing_equipment,
+    derived_uid,
     long_string,
     metadata_view,
     output_uids,
@@ -45,7 +45,7 @@ def ordered_labels(masks: Mapping[str, np.ndarray]) -> list[str]:
 
 
 def checked_masks(volume: Volume, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``masks`` as boolean arrays in segment order; ``EncodeError`` naming the label when one does not fit."""
+    """``masks`` as boolean arrays in segment order; ``EncodeError`` naming the label that does not fit."""
     if not masks:
         raise EncodeError("Invalid 'masks' value {} - at least one structure mask is needed")
     checked = {}
@@ -58,7 +58,16 @@ def checked_masks(volume: Volume, masks: Mapping[str, np.ndarray]) -> dict[str, 
                 f"Invalid mask '{label}' shape {mask.shape} - must match the volume's {volume.array.shape}"
             )
         checked[label] = mask.astype(bool, copy=False)
+    written = [segment_label(label) for label in checked]
+    duplicates = sorted({label for label in written if written.count(label) > 1})
+    if duplicates:
+        raise EncodeError(f"Invalid 'masks' labels - {duplicates} would name more than one segment")
     return checked
+
+
+def segment_label(label: str) -> str:
+    """The Segment Label written for a structure label (stripped, at most 64 characters)."""
+    return long_string(str(label).strip())
 
 
 def result_entropy(algorithm_name: str, algorithm_version: str, labels: list[str]) -> tuple[str, ...]:
@@ -83,7 +92,9 @@ def unified_sources(volume: Volume) -> list[Dataset]:
     return [metadata_view(d, frame_of_reference_uid=str(frame_of_reference_uid)) for d in volume.datasets]
 
 
-def algorithm_identification(algorithm_name: str, algorithm_version: str) -> hd.AlgorithmIdentificationSequence:
+def algorithm_identification(
+    algorithm_name: str, algorithm_version: str
+) -> hd.AlgorithmIdentificationSequence:
     """Algorithm Identification with family "Artificial Intelligence" (CID 7162)."""
     return hd.AlgorithmIdentificationSequence(
         name=long_string(algorithm_name),
@@ -98,13 +109,13 @@ def _segment_description(
     structure = structure_codes(label)
     description = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=long_string(label.strip()),
+        segment_label=segment_label(label),
         segmented_property_category=structure.category,
         segmented_property_type=structure.type,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
         tracking_uid=uid,
-        tracking_id=long_string(label.strip()),
+        tracking_id=segment_label(label),
         display_color=hd.color.CIELabColor.from_rgb(*segment_color(number - 1)),
     )
     if structure.laterality is not None:
@@ -165,7 +176,9 @@ def encode_seg(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodeError(f"cannot build a SEG over series {volume.series_instance_uid}: {exc}") from exc
-    _make_dimension_organization_deterministic(segmentation, derived_uid(context, volume, "dimensions", *entropy))
+    _make_dimension_organization_deterministic(
+        segmentation, derived_uid(context, volume, "dimensions", *entropy)
+    )
     add_contributing_equipment(segmentation, context, algorithm_name, algorithm_version)
     logger.info(
         "SEG %s: %d segments over series %s", sop_instance_uid, len(labels), volume.series_instance_uid

@@ -46,7 +46,7 @@ from dicom_node.encode.common import (
     series_number,
     tracking_uid,
 )
-from dicom_node.encode.seg import checked_masks, result_entropy
+from dicom_node.encode.seg import checked_masks, result_entropy, segment_label
 from dicom_node.errors import EncodeError
 from dicom_node.uids import deterministic_uid
 
@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_OUTLINE_POINTS = 200
+MeasurementGroup = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+)
 
 # Moore neighbourhood, clockwise on screen (rows grow downwards), starting west.
 _NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1))
@@ -154,7 +158,9 @@ def outline(image: np.ndarray, max_points: int = MAX_OUTLINE_POINTS) -> np.ndarr
 
 def _device_observer(context: EncodingContext) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=deterministic_uid(context.uid_prefix, "device", context.node_ae_title.strip(), context.model_name),
+        uid=deterministic_uid(
+            context.uid_prefix, "device", context.node_ae_title.strip(), context.model_name
+        ),
         name=long_string(context.node_ae_title.strip()),
         manufacturer_name=long_string(context.manufacturer),
         model_name=long_string(context.model_name),
@@ -178,14 +184,14 @@ def _structure_groups(
     mask: np.ndarray,
     algorithm: hd.sr.AlgorithmIdentification,
     uid: str,
-) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+) -> list[MeasurementGroup]:
     structure = structure_codes(label)
     finding_sites = (
         [hd.sr.FindingSite(anatomic_location=structure.type, laterality=structure.laterality)]
         if structure.laterality is not None
         else None
     )
-    tracking = hd.sr.TrackingIdentifier(uid=uid, identifier=long_string(label.strip()))
+    tracking = hd.sr.TrackingIdentifier(uid=uid, identifier=segment_label(label))
     voxel_count = int(np.count_nonzero(mask))
     measurements = [
         hd.sr.Measurement(
@@ -258,11 +264,14 @@ def encode_sr(
     """A TID 1500 Measurement Report of ``masks`` over ``volume``, referencing ``seg`` (from ``encode_seg``).
 
     The evidence lists every source slice and the SEG. Completion PARTIAL, verification UNVERIFIED.
+    ``EncodeError`` when every mask is empty (TID 1500 needs at least one measurement group).
     """
     checked = checked_masks(volume, masks)
     labels = list(checked)
+    if not any(mask.any() for mask in checked.values()):
+        raise EncodeError("Invalid 'masks' value - every structure is empty, there is nothing to measure")
     segment_numbers = _segment_numbers(seg)
-    missing = [label for label in labels if label.strip() not in segment_numbers]
+    missing = [label for label in labels if segment_label(label) not in segment_numbers]
     if missing:
         raise EncodeError(
             f"Invalid 'seg' value {seg.SOPInstanceUID} - it has no segment labelled {', '.join(missing)}"
@@ -272,15 +281,15 @@ def encode_sr(
     algorithm = hd.sr.AlgorithmIdentification(
         name=long_string(algorithm_name), version=long_string(algorithm_version)
     )
-    groups = []
-    for label in labels:
+    groups: list[MeasurementGroup] = []
+    for number, label in enumerate(labels, start=1):
         if not checked[label].any():
-            logger.info("SR %s: structure %d is empty; no measurement group", sop_instance_uid, labels.index(label) + 1)
+            logger.info("SR %s: structure %d is empty; no measurement group", sop_instance_uid, number)
             continue
         groups += _structure_groups(
             volume,
             seg,
-            segment_numbers[label.strip()],
+            segment_numbers[segment_label(label)],
             label,
             checked[label],
             algorithm,
@@ -290,7 +299,7 @@ def encode_sr(
         report = hd.sr.MeasurementReport(
             observation_context=_device_observer(context),
             procedure_reported=procedure_reported(volume.datasets[0]),
-            imaging_measurements=groups or None,
+            imaging_measurements=groups,
             referenced_images=volume.datasets,
         )
         document = hd.sr.Comprehensive3DSR(

@@ -25,7 +25,9 @@ def shared_data(name: str) -> Path:
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"shared data folder {name!r} not found (looked in {[str(c) for c in candidates]})")
+    raise FileNotFoundError(
+        f"shared data folder {name!r} not found (looked in {[str(c) for c in candidates]})"
+    )
 
 
 def free_port() -> int:
@@ -84,7 +86,9 @@ class Orthanc:
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(configuration))
         log = open(self.folder / "orthanc.log", "wb")
-        self.process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=PEER_ENVIRONMENT)
+        self.process = subprocess.Popen(
+            [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=PEER_ENVIRONMENT
+        )
         log.close()
         wait_until(self._answers, 30, what="Orthanc to answer on HTTP")
         return self
@@ -107,7 +111,9 @@ class Orthanc:
                 self.process.kill()
                 self.process.wait()
 
-    def request(self, method: str, path: str, body: bytes | dict | list | None = None, timeout: float = 120) -> Any:
+    def request(
+        self, method: str, path: str, body: bytes | dict | list | None = None, timeout: float = 120
+    ) -> Any:
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -126,7 +132,11 @@ class Orthanc:
         self.request("PUT", f"/modalities/{name}", {"AET": ae_title, "Host": "127.0.0.1", "Port": port})
 
     def instances_of_study(self, study_instance_uid: str) -> list[dict]:
-        found = self.request("POST", "/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_instance_uid}, "Expand": True})
+        found = self.request(
+            "POST",
+            "/tools/find",
+            {"Level": "Instance", "Query": {"StudyInstanceUID": study_instance_uid}, "Expand": True},
+        )
         return found
 
     def instance_file(self, orthanc_id: str) -> bytes:
@@ -134,7 +144,9 @@ class Orthanc:
 
 
 def run_dcmtk(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(arguments), capture_output=True, text=True, timeout=timeout, env=PEER_ENVIRONMENT)
+    return subprocess.run(
+        list(arguments), capture_output=True, text=True, timeout=timeout, env=PEER_ENVIRONMENT
+    )
 
 
 def dciodvfy_errors(path: Path) -> tuple[list[str], str]:

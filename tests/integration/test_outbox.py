@@ -23,11 +23,14 @@ def _storescp(folder: Path, port: int, ae_title: str = "PACS") -> subprocess.Pop
     folder.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         ["storescp", "-aet", ae_title, "-od", str(folder), "+xa", str(port)],
-        env=PEER_ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=PEER_ENVIRONMENT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_until(
         lambda: run_dcmtk("echoscu", "-aec", ae_title, "127.0.0.1", str(port), timeout=10).returncode == 0,
-        timeout=15, what="storescp",
+        timeout=15,
+        what="storescp",
     )
     return process
 
@@ -39,7 +42,11 @@ def _queue_object(index: Index, tmp_path: Path, destinations: list[str]) -> str:
     shutil.copy(source, path)
     uid = str(pydicom.dcmread(path).SOPInstanceUID)
     index.record_output(
-        sop_instance_uid=uid, job_id="job", kind="SC", sop_class_uid="1.2.840.10008.5.1.4.1.1.2", path=str(path),
+        sop_instance_uid=uid,
+        job_id="job",
+        kind="SC",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        path=str(path),
         destinations=destinations,
     )
     return uid
@@ -67,7 +74,7 @@ def test_down_destination_is_retried_with_backoff_then_delivered(tmp_path: Path)
         assert rows["down"]["state"] == "pending" and rows["down"]["attempts"] == 1
         assert "no association" in rows["down"]["last_error"]
         waits = []
-        for attempt in range(1, 5):
+        for _ in range(4):
             row = index.deliveries(uid)[0]
             waits.append(round(row["next_attempt_at"] - start))
             assert outbox.deliver_due(row["next_attempt_at"] - 1) == 0  # not due yet: nothing is tried

@@ -55,7 +55,9 @@ def _without_group_lengths(dataset: Dataset) -> list:
 
 def test_storescu_series_is_spooled_and_indexed_before_success(scp) -> None:
     files = sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[:10]
-    sent = run_dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDAGENT", "127.0.0.1", str(scp.port), *map(str, files))
+    sent = run_dcmtk(
+        "storescu", "-aet", "STORESCU", "-aec", "MEDAGENT", "127.0.0.1", str(scp.port), *map(str, files)
+    )
     assert sent.returncode == 0, sent.stderr
     rows = scp.index.query("SELECT * FROM instances")
     assert len(rows) == 10

@@ -23,14 +23,14 @@ SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 VOLUME = ("118565006", "SCT")
 
 
-def _sr_volumes(sr: pydicom.Dataset) -> dict[str, tuple[float, str, int]]:
-    """Tracking identifier -> (volume value, unit, referenced segment number) from TID 1411 groups."""
+def _sr_volumes(sr: pydicom.Dataset) -> dict[str, tuple[float, str, int, str]]:
+    """Tracking identifier -> (volume, unit, referenced segment number, referenced SEG UID), TID 1411."""
     volumes = {}
     for item in sr.ContentSequence:
         if item.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
             continue
         for group in item.ContentSequence:
-            tracking, value, unit, segment = None, None, None, None
+            tracking, value, unit, segment, seg_uid = None, None, None, None, None
             for child in group.ContentSequence:
                 name = child.ConceptNameCodeSequence[0]
                 if name.CodeValue == "112039":  # Tracking Identifier
@@ -41,8 +41,9 @@ def _sr_volumes(sr: pydicom.Dataset) -> dict[str, tuple[float, str, int]]:
                     unit = measured.MeasurementUnitsCodeSequence[0].CodeValue
                 elif name.CodeValue == "121191":  # Referenced Segment
                     segment = int(child.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+                    seg_uid = str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
             if value is not None:
-                volumes[tracking] = (value, unit, segment)
+                volumes[tracking] = (value, unit, segment, seg_uid)
     return volumes
 
 
@@ -51,7 +52,9 @@ def test_chest_ct_from_orthanc_comes_back_as_seg_sr_and_sc(tmp_path: Path, ortha
     ct_files = sorted(ct_folder.glob("*.dcm"))
     settings = node_settings(
         tmp_path / "node",
-        destinations=[{"name": "pacs", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        destinations=[
+            {"name": "pacs", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        ],
         routes=[
             {
                 "name": "chest-ct",
@@ -125,14 +128,17 @@ def test_chest_ct_from_orthanc_comes_back_as_seg_sr_and_sc(tmp_path: Path, ortha
         assert (mask & ~body).sum() <= 0.01 * count, f"{label} lies outside the body"
         assert np.median(source.array[mask]) < -500, f"{label} is not air-filled lung tissue"
         z, rows, columns = np.nonzero(mask)
-        centres[label] = source.patient_position_of(int(np.median(z)), float(rows.mean()), float(columns.mean()))
+        centres[label] = source.patient_position_of(
+            int(np.median(z)), float(rows.mean()), float(columns.mean())
+        )
     # LPS: +x is the patient's left
     assert centres["left lung"][0] > centres["right lung"][0] + 50
 
     volumes = _sr_volumes(sr)
-    assert set(volumes) >= {"left lung", "right lung"} or {k.lower() for k in volumes} >= {"left lung", "right lung"}
-    for tracking, (value, unit, segment) in volumes.items():
+    assert {tracking.lower() for tracking in volumes} == {"left lung", "right lung"}
+    for tracking, (value, unit, segment, seg_uid) in volumes.items():
         label = labels[segment]
+        assert label == tracking.lower() and seg_uid == seg.SOPInstanceUID
         assert unit.lower() == "ml"
         assert value == pytest.approx(masks[label].sum() * voxel_ml, rel=1e-3, abs=0.1)
         assert 300 < value < 4500, f"{label} volume {value} mL is not plausible for an adult lung"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.base import Queue, Tool, ToolCard, ToolInput, ToolResult, ToolStatus
+from tools.base import Tool, ToolCard, ToolInput, ToolResult, ToolStatus
 from tools.grounding import GroundingTool
 from tools.grounding.tool import PARAMETERS as GROUNDING_PARAMETERS
 from tools.segmentation import SegmentationTool

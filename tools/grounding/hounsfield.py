@@ -62,7 +62,9 @@ def lung_masks(hounsfield: np.ndarray, row_direction: np.ndarray) -> dict[str, n
     return {"left lung": left, "right lung": right}
 
 
-def boxes_per_slice(mask: np.ndarray, minimum_pixels: int = 30, margin: int = 5) -> dict[int, tuple[int, int, int, int]]:
+def boxes_per_slice(
+    mask: np.ndarray, minimum_pixels: int = 30, margin: int = 5
+) -> dict[int, tuple[int, int, int, int]]:
     """Bounding box ``(x0, y0, x1, y1)`` of ``mask`` on each slice that holds enough of it."""
     boxes = {}
     rows, columns = mask.shape[1:]

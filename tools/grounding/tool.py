@@ -60,7 +60,14 @@ class GroundingTool(Tool):
         masks = hounsfield.ground(tool_input.image, prompts, np.asarray(tool_input.row_direction))
         frames, rows, columns = tool_input.image.shape
         boxes = [
-            Box(label=label, frame=frame, xyxy=tuple(float(v) for v in xyxy), score=1.0, rows=rows, columns=columns)
+            Box(
+                label=label,
+                frame=frame,
+                xyxy=tuple(float(v) for v in xyxy),
+                score=1.0,
+                rows=rows,
+                columns=columns,
+            )
             for label in prompts
             for frame, xyxy in sorted(hounsfield.boxes_per_slice(masks[label]).items())
         ]

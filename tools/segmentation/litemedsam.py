@@ -126,7 +126,9 @@ def segment_frames(
         with torch.inference_mode():
             embeddings = network.image_encoder(tensor)
             for position, frame in enumerate(chunk):
-                frame_boxes = torch.as_tensor(np.asarray(boxes[frame], dtype=np.float32) * scale, device=device)
+                frame_boxes = torch.as_tensor(
+                    np.asarray(boxes[frame], dtype=np.float32) * scale, device=device
+                )
                 sparse, dense = network.prompt_encoder(points=None, boxes=frame_boxes[:, None, :], masks=None)
                 low_resolution, _ = network.mask_decoder(
                     image_embeddings=embeddings[position : position + 1],
@@ -135,7 +137,9 @@ def segment_frames(
                     dense_prompt_embeddings=dense,
                     multimask_output=False,
                 )
-                logits = F.interpolate(low_resolution, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+                logits = F.interpolate(
+                    low_resolution, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False
+                )
                 logits = logits[..., :new_rows, :new_columns]
                 logits = F.interpolate(logits, size=(rows, columns), mode="bilinear", align_corners=False)
                 results[frame] = [m for m in (logits[:, 0] > 0).cpu().numpy()]

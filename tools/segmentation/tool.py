@@ -39,7 +39,9 @@ def window_for(label: str, modality: str) -> tuple[float, float] | None:
     return litemedsam.SOFT_TISSUE_WINDOW
 
 
-def volume_measurements(masks: dict[str, np.ndarray], spacing: tuple[float, float, float]) -> list[Measurement]:
+def volume_measurements(
+    masks: dict[str, np.ndarray], spacing: tuple[float, float, float]
+) -> list[Measurement]:
     """Volume (mL) of each 3D mask: voxel count times the voxel volume from the real slice distance."""
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     return [
@@ -74,12 +76,16 @@ class SegmentationTool(Tool):
             return ToolResult(status=ToolStatus.UNAVAILABLE, engine=litemedsam.ENGINE_NAME, error=reason)
         frames, rows, columns = tool_input.image.shape
         boxes = [
-            b if isinstance(b, Box) else Box(b["label"], int(b["frame"]), tuple(b["xyxy"]), 1.0, rows, columns)
+            b
+            if isinstance(b, Box)
+            else Box(b["label"], int(b["frame"]), tuple(b["xyxy"]), 1.0, rows, columns)
             for b in tool_input.params["boxes"]
         ]
         for box in boxes:
             if not 0 <= box.frame < frames:
-                return ToolResult.failed(litemedsam.ENGINE_NAME, f"box on frame {box.frame} is outside 0..{frames - 1}")
+                return ToolResult.failed(
+                    litemedsam.ENGINE_NAME, f"box on frame {box.frame} is outside 0..{frames - 1}"
+                )
         return segment_boxes(tool_input, boxes)
 
 
@@ -104,7 +110,7 @@ def segment_boxes(tool_input: ToolInput, boxes: list[Box]) -> ToolResult:
             device=tool_input.device,
         )
         for frame, frame_boxes in per_frame.items():
-            for box, mask in zip(frame_boxes, predicted[frame]):
+            for box, mask in zip(frame_boxes, predicted[frame], strict=True):
                 x0, y0, x1, y1 = (int(round(v)) for v in box.xyxy)
                 inside = np.zeros((rows, columns), dtype=bool)
                 inside[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True

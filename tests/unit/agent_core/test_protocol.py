@@ -64,7 +64,9 @@ def test_rules_planner_plans_lung_segmentation_for_chest_ct() -> None:
         {"API_name": "grounded_segmentation", "API_params": {"prompts": ["left lung", "right lung"]}}
     ]
     assert "left lung" in plan.thoughts and plan.value
-    assert planner.plan("outline the left lung", StudyContext("CT")).actions[0].API_params == {"prompts": ["left lung"]}
+    assert planner.plan("outline the left lung", StudyContext("CT")).actions[0].API_params == {
+        "prompts": ["left lung"]
+    }
 
 
 def test_rules_planner_says_plainly_when_it_cannot_help() -> None:

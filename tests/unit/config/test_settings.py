@@ -25,13 +25,25 @@ def test_example_file_is_valid_and_has_the_documented_keys() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"node": {"ae_title": "A" * 17}}, "node.ae_title: 'AAAAAAAAAAAAAAAAA' must not exceed 16 characters"),
+        (
+            {"node": {"ae_title": "A" * 17}},
+            "node.ae_title: 'AAAAAAAAAAAAAAAAA' must not exceed 16 characters",
+        ),
         ({"node": {"port": 0}}, "node.port:"),
         ({"node": {"colour": "red"}}, "node.colour: unknown key"),
         ({"sources": [{"ae_title": ""}]}, "sources[0].ae_title: must not be empty"),
-        ({"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1"}]}, "destinations[0].port: Field required"),
-        ({"routes": [{"name": "r", "match": {"Modalty": "CT"}, "instruction": "x"}]}, "routes[0].match: 'Modalty' is not a DICOM keyword"),
-        ({"routes": [{"name": "r", "match": {"Modality": "C(T"}, "instruction": "x"}]}, "is not a valid regex"),
+        (
+            {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1"}]},
+            "destinations[0].port: Field required",
+        ),
+        (
+            {"routes": [{"name": "r", "match": {"Modalty": "CT"}, "instruction": "x"}]},
+            "routes[0].match: 'Modalty' is not a DICOM keyword",
+        ),
+        (
+            {"routes": [{"name": "r", "match": {"Modality": "C(T"}, "instruction": "x"}]},
+            "is not a valid regex",
+        ),
         (
             {"routes": [{"name": "r", "instruction": "x", "destinations": ["nowhere"]}]},
             "routes[0].destinations: 'nowhere' is not a configured destination",
@@ -61,7 +73,9 @@ def test_unreadable_and_malformed_files_are_reported(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_scalar_keys(tmp_path: Path) -> None:
-    settings = load_settings(EXAMPLE, environ={"MEDAGENT__NODE__PORT": "11999", "MEDAGENT__NODE__STORAGE": str(tmp_path)})
+    settings = load_settings(
+        EXAMPLE, environ={"MEDAGENT__NODE__PORT": "11999", "MEDAGENT__NODE__STORAGE": str(tmp_path)}
+    )
     assert settings.node.port == 11999
     assert settings.node.storage == tmp_path
     with pytest.raises(ConfigError, match="node.port"):

@@ -12,6 +12,7 @@ from scipy import ndimage
 from dicom_node.encode import OutputKind, encode_segmentation_results
 from dicom_node.encode.common import metadata_view, segment_color
 from dicom_node.encode.sc import LUNG_WINDOW, display_window, encode_sc, render_grey
+from dicom_node.encode.sr import encode_sr
 from dicom_node.errors import EncodeError
 from tests.unit.dicom_node.conftest import ALGORITHM_NAME, ALGORITHM_VERSION, all_uids, dciodvfy_output
 from tools.base import Box, ToolResult, ToolStatus
@@ -32,6 +33,7 @@ PATIENT_AND_STUDY = (
     "StudyID",
     "StudyDescription",
     "BodyPartExamined",
+    "SpecificCharacterSet",
 )
 
 
@@ -41,12 +43,15 @@ def _key_slice(masks) -> int:
 
 @pytest.fixture(scope="module")
 def nodule_box(lung_masks) -> Box:
-    return Box(label="nodule", frame=_key_slice(lung_masks), xyxy=(40, 60, 120, 140), score=0.8, rows=512, columns=512)
+    frame = _key_slice(lung_masks)
+    return Box(label="nodule", frame=frame, xyxy=(40, 60, 120, 140), score=0.8, rows=512, columns=512)
 
 
 @pytest.fixture(scope="module")
 def sc_file(chest_ct, lung_masks, nodule_box, encoding_context, tmp_path_factory):
-    dataset = encode_sc(chest_ct, lung_masks, [nodule_box], ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context)
+    dataset = encode_sc(
+        chest_ct, lung_masks, [nodule_box], ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context
+    )
     path = tmp_path_factory.mktemp("sc") / "sc.dcm"
     pydicom.dcmwrite(path, dataset, enforce_file_format=True)
     return path
@@ -66,7 +71,8 @@ def test_sc_is_an_rgb_key_image_of_the_slice_with_most_mask(sc, chest_ct, lung_m
     assert sc.SeriesInstanceUID != chest_ct.series_instance_uid
     index = _key_slice(lung_masks)
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == chest_ct.datasets[index].SOPInstanceUID
-    assert any(item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1" for item in sc.ContributingEquipmentSequence)
+    purposes = [item.PurposeOfReferenceCodeSequence[0].CodeValue for item in sc.ContributingEquipmentSequence]
+    assert "Newcode1" in purposes
 
 
 def test_sc_draws_each_mask_in_its_segment_colour(sc, lung_masks) -> None:
@@ -98,10 +104,12 @@ def test_sc_draws_boxes_on_the_key_slice(sc, nodule_box) -> None:
 
 def test_sc_copies_patient_and_study_from_the_source(sc, chest_ct) -> None:
     source = chest_ct.datasets[0]
-    for keyword in PATIENT_AND_STUDY:
-        if keyword in source:
-            assert keyword in sc, keyword
-            assert sc[keyword].value == source[keyword].value, keyword
+    differing = {
+        keyword: (source[keyword].value, sc[keyword].value if keyword in sc else "(absent)")
+        for keyword in PATIENT_AND_STUDY
+        if keyword in source and (keyword not in sc or sc[keyword].value != source[keyword].value)
+    }
+    assert differing == {}
     assert sc.Modality == "OT"
     assert list(sc.PatientOrientation) == ["L", "P"]
 
@@ -138,7 +146,9 @@ def test_sc_needs_a_mask_or_a_box(chest_ct, encoding_context) -> None:
 
 def test_segmentation_results_become_seg_then_sr_then_sc(chest_ct, lung_masks, encoding_context) -> None:
     result = ToolResult(status=ToolStatus.OK, engine=ALGORITHM_NAME, engine_version="1.0", masks=lung_masks)
-    objects = encode_segmentation_results(chest_ct, result, ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context)
+    objects = encode_segmentation_results(
+        chest_ct, result, ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context
+    )
     assert [o.kind for o in objects] == [OutputKind.SEG, OutputKind.SR, OutputKind.SC]
     seg, sr, sc = (o.dataset for o in objects)
     assert (seg.Modality, sr.Modality, sc.Modality) == ("SEG", "SR", "OT")
@@ -150,10 +160,16 @@ def test_segmentation_results_become_seg_then_sr_then_sc(chest_ct, lung_masks, e
     assert str(seg.SOPInstanceUID) in evidence
     assert len({seg.SeriesInstanceUID, sr.SeriesInstanceUID, sc.SeriesInstanceUID}) == 3
     assert {seg.StudyInstanceUID, sr.StudyInstanceUID, sc.StudyInstanceUID} == {chest_ct.study_instance_uid}
+    nothing_found = ToolResult(status=ToolStatus.OK, masks={"nodule": np.zeros(chest_ct.array.shape, bool)})
+    objects = encode_segmentation_results(chest_ct, nothing_found, "detector", "1", encoding_context)
+    assert [o.kind for o in objects] == [OutputKind.SEG, OutputKind.SC]
+    with pytest.raises(EncodeError, match="empty"):
+        encode_sr(chest_ct, objects[0].dataset, nothing_found.masks, "detector", "1", encoding_context)
     boxes_only = ToolResult(
         status=ToolStatus.OK,
         boxes=[Box(label="nodule", frame=3, xyxy=(1, 1, 9, 9), score=0.5, rows=512, columns=512)],
     )
     objects = encode_segmentation_results(chest_ct, boxes_only, "grounding", "1", encoding_context)
     assert [o.kind for o in objects] == [OutputKind.SC]
-    assert objects[0].dataset.SourceImageSequence[0].ReferencedSOPInstanceUID == chest_ct.datasets[3].SOPInstanceUID
+    key_image = objects[0].dataset
+    assert key_image.SourceImageSequence[0].ReferencedSOPInstanceUID == chest_ct.datasets[3].SOPInstanceUID

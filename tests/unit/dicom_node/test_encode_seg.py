@@ -109,7 +109,9 @@ def test_seg_uids_are_deterministic(chest_ct, lung_masks, encoding_context, seg)
     assert other.SeriesInstanceUID != seg.SeriesInstanceUID
 
 
-def test_seg_leaves_the_callers_datasets_alone_and_logs_uids_only(chest_ct, lung_masks, encoding_context, caplog):
+def test_seg_leaves_the_callers_datasets_alone_and_logs_uids_only(
+    chest_ct, lung_masks, encoding_context, caplog
+) -> None:
     before = [str(d.FrameOfReferenceUID) for d in chest_ct.datasets]
     with caplog.at_level(logging.INFO, logger="dicom_node.encode"):
         encode_seg(chest_ct, {"left lung": lung_masks["left lung"]}, ALGORITHM_NAME, "3", encoding_context)
@@ -152,6 +154,9 @@ def test_seg_rejects_a_mask_of_the_wrong_shape(chest_ct, encoding_context) -> No
         encode_seg(chest_ct, {"liver": np.zeros((3, 4, 5), bool)}, "x", "1", encoding_context)
     with pytest.raises(EncodeError, match="masks"):
         encode_seg(chest_ct, {}, "x", "1", encoding_context)
+    empty = np.zeros(chest_ct.array.shape, bool)
+    with pytest.raises(EncodeError, match="'lung'"):
+        encode_seg(chest_ct, {"lung": empty, "lung ": empty}, "x", "1", encoding_context)
 
 
 def test_structure_codes_cover_laterality_and_unknown_labels() -> None:

@@ -26,7 +26,9 @@ def seg_dataset(chest_ct, lung_masks, encoding_context):
 
 @pytest.fixture(scope="module")
 def sr_file(chest_ct, lung_masks, encoding_context, seg_dataset, tmp_path_factory):
-    dataset = encode_sr(chest_ct, seg_dataset, lung_masks, ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context)
+    dataset = encode_sr(
+        chest_ct, seg_dataset, lung_masks, ALGORITHM_NAME, ALGORITHM_VERSION, encoding_context
+    )
     path = tmp_path_factory.mktemp("sr") / "sr.dcm"
     pydicom.dcmwrite(path, dataset, enforce_file_format=True)
     return path
@@ -51,7 +53,8 @@ def test_sr_is_a_partial_unverified_measurement_report_in_the_study(sr, chest_ct
     assert sr.SeriesNumber == 9002
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert isinstance(sr.content, hd.sr.MeasurementReport)
-    assert any(item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1" for item in sr.ContributingEquipmentSequence)
+    purposes = [item.PurposeOfReferenceCodeSequence[0].CodeValue for item in sr.ContributingEquipmentSequence]
+    assert "Newcode1" in purposes
 
 
 def test_sr_names_the_node_as_device_observer_and_the_ct_chest_as_procedure(sr) -> None:
@@ -64,7 +67,9 @@ def test_sr_names_the_node_as_device_observer_and_the_ct_chest_as_procedure(sr) 
     assert (procedure.CodeValue, procedure.CodingSchemeDesignator) == ("24627-2", "LN")
 
 
-def test_sr_volumes_use_the_slice_distance_and_reference_the_seg_segments(sr, lung_masks, seg_dataset) -> None:
+def test_sr_volumes_use_the_slice_distance_and_reference_the_seg_segments(
+    sr, lung_masks, seg_dataset
+) -> None:
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["left lung", "right lung"]
     for segment_number, group in enumerate(groups, start=1):
@@ -83,8 +88,12 @@ def test_sr_volumes_use_the_slice_distance_and_reference_the_seg_segments(sr, lu
         assert group.finding_type.value == ("44029006" if segment_number == 1 else "3341006")
 
 
-def test_sr_planar_groups_pair_with_the_volumetric_ones_and_outline_the_key_slice(sr, chest_ct, lung_masks) -> None:
-    volumetric = {g.tracking_identifier: g.tracking_uid for g in sr.content.get_volumetric_roi_measurement_groups()}
+def test_sr_planar_groups_pair_with_the_volumetric_ones_and_outline_the_key_slice(
+    sr, chest_ct, lung_masks
+) -> None:
+    volumetric = {
+        g.tracking_identifier: g.tracking_uid for g in sr.content.get_volumetric_roi_measurement_groups()
+    }
     planar = sr.content.get_planar_roi_measurement_groups()
     assert {g.tracking_identifier: g.tracking_uid for g in planar} == volumetric
     assert len(set(volumetric.values())) == 2
@@ -101,10 +110,12 @@ def test_sr_planar_groups_pair_with_the_volumetric_ones_and_outline_the_key_slic
         assert referenced == chest_ct.datasets[index].SOPInstanceUID
         area = _measurement(group, "Area")
         assert area.unit.value == "mm2"
-        assert area.value == pytest.approx(np.count_nonzero(mask[index]) * ROW_SPACING * COLUMN_SPACING, abs=0.06)
+        expected_area = np.count_nonzero(mask[index]) * ROW_SPACING * COLUMN_SPACING
+        assert area.value == pytest.approx(expected_area, abs=0.06)
         # the outline, filled, covers the largest part of the structure on that slice
         labelled, count = ndimage.label(mask[index], structure=np.ones((3, 3)))
-        largest = labelled == 1 + int(np.argmax(ndimage.sum_labels(mask[index], labelled, range(1, count + 1))))
+        sizes = ndimage.sum_labels(mask[index], labelled, range(1, count + 1))
+        largest = labelled == 1 + int(np.argmax(sizes))
         canvas = Image.new("1", (512, 512))
         ImageDraw.Draw(canvas).polygon([tuple(p) for p in points - 0.5], fill=1, outline=1)
         filled = np.asarray(canvas, dtype=bool)

@@ -39,7 +39,9 @@ def test_lungs_are_found_on_the_patients_sides(chest_ct) -> None:
 
 def test_flipped_orientation_swaps_the_sides(chest_ct) -> None:
     flipped = chest_ct.array[:, :, ::-1].copy()
-    result = GroundingTool().run(_input(chest_ct, ["left lung"], image=flipped, row_direction=(-1.0, 0.0, 0.0)))
+    result = GroundingTool().run(
+        _input(chest_ct, ["left lung"], image=flipped, row_direction=(-1.0, 0.0, 0.0))
+    )
     original = GroundingTool().run(_input(chest_ct, ["left lung"]))
     assert np.array_equal(result.masks["left lung"], original.masks["left lung"][:, :, ::-1])
 
@@ -49,5 +51,7 @@ def test_unsupported_requests_say_why(chest_ct) -> None:
     assert mr.status is ToolStatus.UNAVAILABLE and "CT only" in mr.error
     liver = GroundingTool().run(_input(chest_ct, ["liver"]))
     assert liver.status is ToolStatus.UNAVAILABLE and "liver" in liver.error
-    air = GroundingTool().run(_input(chest_ct, ["left lung"], image=np.full((3, 64, 64), -1000.0, np.float32)))
+    air = GroundingTool().run(
+        _input(chest_ct, ["left lung"], image=np.full((3, 64, 64), -1000.0, np.float32))
+    )
     assert air.status is ToolStatus.FAILED and "no left lung found" in air.error

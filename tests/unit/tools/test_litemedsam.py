@@ -4,8 +4,7 @@ import numpy as np
 
 from tools.base import Box, ToolInput, ToolResult, ToolStatus
 from tools.grounding.hounsfield import boxes_per_slice, lung_masks
-from tools.segmentation import SegmentationTool
-from tools.segmentation import litemedsam
+from tools.segmentation import SegmentationTool, litemedsam
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -26,7 +25,10 @@ def test_box_prompt_segments_the_lung_inside_it(chest_ct, tmp_path) -> None:
         for label in ("left lung", "right lung")
     ]
     tool_input = ToolInput(
-        image=chest_ct.array, spacing=chest_ct.spacing, modality="CT", params={"boxes": [b.__dict__ for b in boxes]}
+        image=chest_ct.array,
+        spacing=chest_ct.spacing,
+        modality="CT",
+        params={"boxes": [b.__dict__ for b in boxes]},
     )
     result = SegmentationTool().run(tool_input)
     assert result.status is ToolStatus.OK
@@ -47,7 +49,9 @@ def test_box_prompt_segments_the_lung_inside_it(chest_ct, tmp_path) -> None:
 
 def test_boxes_outside_the_volume_fail_with_a_reason(chest_ct) -> None:
     tool_input = ToolInput(
-        image=chest_ct.array[:2], spacing=chest_ct.spacing, modality="CT",
+        image=chest_ct.array[:2],
+        spacing=chest_ct.spacing,
+        modality="CT",
         params={"boxes": [{"label": "x", "frame": 7, "xyxy": [0, 0, 10, 10]}]},
     )
     result = SegmentationTool().run(tool_input)
