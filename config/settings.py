@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 _AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # default character repertoire, no backslash
 
@@ -50,6 +59,10 @@ class NodeSection(_Strict):
     max_pdu_size: int = Field(1048576, ge=0)
     max_associations: int = Field(16, ge=1, le=1000)
     institution_name: str = "MedAgent Node"
+    #: the largest data set (bytes, as received) the SCP stores; a larger one is refused with 0xA701
+    max_dataset_bytes: int = Field(2 * 1024**3, ge=1024)
+    #: SOP Class UIDs the SCP accepts; null accepts every storage SOP class, private ones included
+    restrict_sop_classes: list[str] | None = None
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -62,31 +75,110 @@ class NodeSection(_Strict):
             )
         return value
 
+    @field_validator("restrict_sop_classes")
+    @classmethod
+    def _check_sop_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for uid in value:
+            if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", uid) or len(uid) > 64:
+                raise ValueError(f"'{uid}' is not a SOP Class UID (digits and dots, at most 64 characters)")
+        return value
+
+
+class GroupBy(str, Enum):
+    """What one job covers: a whole study, or each series of it on its own timers."""
+
+    STUDY = "study"
+    SERIES = "series"
+
+
+class OnGrowth(str, Enum):
+    """What a study (or series) that receives new instances after its job was created gets."""
+
+    NEW_JOB = "new_job"  # a new job only for the series whose instance set changed
+    REPROCESS = "reprocess"  # a new job over every series, as if the study were new
+    IGNORE = "ignore"  # logged, no job
+
+
+class CompletionPolicy(_Strict):
+    """When a study (or, with ``group_by: series``, a series) counts as complete, and what growth does.
+
+    Complete at the first of: ``quiet_seconds`` with no new instance; ``release_quiet_seconds`` after the
+    release of the association(s) that delivered it, if ``release_hint`` and no new instance since (a
+    release is a hint, not proof: a study may come over several associations); ``release_quiet_seconds``
+    after the last instance once the study holds ``expected_series`` series; ``force_complete_seconds``
+    after its first instance (for a sender that never goes quiet); a manual "process now".
+    ``release_quiet_seconds`` only ever shortens the wait: it is capped at ``quiet_seconds``. Times are seconds.
+    """
+
+    quiet_seconds: float = Field(5.0, gt=0, le=86400)
+    release_hint: bool = True
+    release_quiet_seconds: float = Field(1.0, gt=0, le=86400)
+    expected_series: int | None = Field(None, ge=1, le=10000)
+    force_complete_seconds: float = Field(3600.0, gt=0, le=7 * 86400)
+    group_by: GroupBy = GroupBy.STUDY
+    on_growth: OnGrowth = OnGrowth.NEW_JOB
+
+    @field_validator("group_by", "on_growth", mode="before")
+    @classmethod
+    def _check_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        choices = GroupBy if info.field_name == "group_by" else OnGrowth
+        if isinstance(value, Enum):
+            value = value.value
+        if value not in {choice.value for choice in choices}:
+            raise ValueError(f"{value!r} must be one of {', '.join(choice.value for choice in choices)}")
+        return value
+
+    def overridden_by(self, override: CompletionPolicy | None) -> CompletionPolicy:
+        """This policy with the keys that ``override`` sets explicitly (a source's keys win over a route's)."""
+        if override is None:
+            return self
+        return self.model_copy(update={key: getattr(override, key) for key in override.model_fields_set})
+
 
 class Source(_Strict):
     """A peer allowed to send studies (matched on its calling AE title, optionally its address)."""
 
     ae_title: str
     host: str | None = None
+    completion: CompletionPolicy | None = None  # keys set here win over the route's completion keys
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
+    @field_serializer("completion")
+    def _dump_only_set_keys(self, value: CompletionPolicy | None) -> dict[str, Any] | None:
+        # An override is the keys the admin wrote; dumping defaults too would override every route key.
+        return None if value is None else value.model_dump(mode="json", exclude_unset=True)
+
 
 class Destination(_Strict):
-    """A peer that receives the node's results by C-STORE."""
+    """A peer that receives the node's results by C-STORE.
+
+    ``transfer_syntaxes`` lists the transfer syntax UIDs the destination accepts (empty: propose each
+    object's own syntax plus explicit and implicit VR little endian); objects are transcoded to one of them
+    when needed. With ``storage_commitment`` the node asks the destination to commit to what it received
+    (N-ACTION) and records the answer.
+    """
 
     name: str = Field(min_length=1, max_length=64)
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    transfer_syntaxes: list[str] = Field(default_factory=list)
+    storage_commitment: bool = False
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _check_transfer_syntaxes(cls, value: list[str]) -> list[str]:
+        from pydicom.uid import UID
 
-class CompletionPolicy(_Strict):
-    """When a study counts as complete: ``quiet_seconds`` with no new instance from any association."""
-
-    quiet_seconds: float = Field(5.0, gt=0, le=86400)
+        for uid in value:
+            if not UID(uid).is_transfer_syntax:
+                raise ValueError(f"'{uid}' is not a known transfer syntax UID")
+        return value
 
 
 class Route(_Strict):

@@ -2,6 +2,7 @@
 
 NodeError
 ├── SpoolError            an instance could not be made durable (the SCP answers 0xA700)
+├── InstanceRejected      a received data set is refused (carries the DIMSE status the SCP answers)
 ├── LoadError             a series cannot be turned into a volume (reason in the message)
 ├── EncodeError           a result cannot be encoded as a valid DICOM object
 └── DeliveryFailed        a C-STORE to a destination did not succeed (carries what a retry needs)
@@ -16,6 +17,20 @@ class NodeError(Exception):
 
 class SpoolError(NodeError):
     """An instance could not be written durably to the spool."""
+
+
+class InstanceRejected(NodeError):
+    """A received data set is refused: ``status`` is the C-STORE status to answer, ``reason`` says why.
+
+    ``quarantine`` tells whether the received bytes are kept in ``quarantine/`` (undecodable or
+    non-conformant data) or only the reason is recorded (a refusal by policy: SOP class, size).
+    """
+
+    def __init__(self, status: int, reason: str, *, quarantine: bool = True) -> None:
+        self.status = status
+        self.reason = reason
+        self.quarantine = quarantine
+        super().__init__(f"{reason} (status 0x{status:04X})")
 
 
 class LoadError(NodeError):

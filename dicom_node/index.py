@@ -21,10 +21,24 @@ CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid TEXT PRIMARY KEY,
     calling_ae_title TEXT NOT NULL,
     route TEXT,
-    state TEXT NOT NULL,                 -- receiving | complete | unrouted | queued
+    state TEXT NOT NULL,                 -- receiving | complete | unrouted
     first_received_at REAL NOT NULL,
     last_received_at REAL NOT NULL,
-    quiet_seconds REAL NOT NULL
+    quiet_seconds REAL NOT NULL          -- as received; the tracker reads the policy from the settings
+);
+CREATE TABLE IF NOT EXISTS series_completions (
+    study_instance_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    instance_digest TEXT NOT NULL,       -- digest of the series' SOP Instance UIDs at its last completion
+    instances INTEGER NOT NULL,
+    covered_until REAL NOT NULL,         -- received_at of the newest instance covered; newer ones are pending
+    completed_at REAL NOT NULL,
+    reason TEXT NOT NULL,                -- quiet | release | expected_series | forced | manual
+    PRIMARY KEY (study_instance_uid, series_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS processing_requests (
+    study_instance_uid TEXT PRIMARY KEY, -- "process now": the tracker completes it at its next sweep
+    requested_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -36,7 +50,10 @@ CREATE TABLE IF NOT EXISTS instances (
     size INTEGER NOT NULL,
     received_at REAL NOT NULL,
     association_id TEXT,
-    attributes TEXT NOT NULL             -- JSON of routing keywords (no patient identifiers)
+    attributes TEXT NOT NULL,            -- JSON of routing keywords (no patient identifiers)
+    content_hash TEXT,                   -- SHA-256 of the current version's data set as encoded
+    transfer_syntax_uid TEXT,            -- of the current version, as received
+    versions INTEGER NOT NULL DEFAULT 1  -- contents received under this SOP Instance UID (older: .v<N>.dcm)
 );
 CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_instance_uid, series_instance_uid);
 CREATE TABLE IF NOT EXISTS associations (
@@ -46,8 +63,11 @@ CREATE TABLE IF NOT EXISTS associations (
     address TEXT,
     started_at REAL NOT NULL,
     ended_at REAL,
-    instances INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT NOT NULL                -- open | released | aborted | rejected
+    instances INTEGER NOT NULL DEFAULT 0, -- instances stored (new ones and new versions)
+    outcome TEXT NOT NULL,               -- open | released | aborted | rejected | interrupted (node stopped)
+    duplicates INTEGER NOT NULL DEFAULT 0, -- identical resends acknowledged without storing
+    failed INTEGER NOT NULL DEFAULT 0,   -- C-STOREs answered with a failure status
+    detail TEXT                          -- why it was rejected or aborted
 );
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -93,7 +113,32 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at REAL,
     PRIMARY KEY (sop_instance_uid, destination)
 );
+CREATE TABLE IF NOT EXISTS commitments (
+    transaction_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,                 -- requested | committed | failed
+    requested_at REAL NOT NULL,
+    answered_at REAL,
+    failure_reason INTEGER,
+    PRIMARY KEY (transaction_uid, sop_instance_uid)
+);
 """
+
+
+#: Columns added to the ingest tables after their first release: added to an older index when it opens.
+_INGEST_COLUMNS = {
+    "instances": {
+        "content_hash": "TEXT",
+        "transfer_syntax_uid": "TEXT",
+        "versions": "INTEGER NOT NULL DEFAULT 1",
+    },
+    "associations": {
+        "duplicates": "INTEGER NOT NULL DEFAULT 0",
+        "failed": "INTEGER NOT NULL DEFAULT 0",
+        "detail": "TEXT",
+    },
+}
 
 
 class Index:
@@ -104,9 +149,23 @@ class Index:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connection().executescript(SCHEMA)
+        self._add_missing_columns(_INGEST_COLUMNS)
 
     def __repr__(self) -> str:
         return f"Index(path={str(self.path)!r})"
+
+    def _add_missing_columns(self, columns: dict[str, dict[str, str]]) -> None:
+        """Add ``{table: {column: declaration}}`` columns that an index made by an older release lacks."""
+        connection = self._connection()
+        for table, wanted in columns.items():
+            present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})")}
+            for column, declaration in wanted.items():
+                if column not in present:
+                    try:
+                        connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                    except sqlite3.OperationalError as exc:  # another process added it first
+                        if "duplicate column" not in str(exc):
+                            raise
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -136,6 +195,10 @@ class Index:
 
     # -- ingest ---------------------------------------------------------------------------------------
 
+    def instance(self, sop_instance_uid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
+        return rows[0] if rows else None
+
     def record_instance(
         self,
         *,
@@ -151,14 +214,27 @@ class Index:
         attributes: dict[str, Any],
         route: str | None,
         quiet_seconds: float,
+        content_hash: str | None = None,
+        transfer_syntax_uid: str | None = None,
     ) -> None:
-        """Index a spooled instance and (re)open its study for the completion timer."""
+        """Index a spooled instance and (re)open its study for the completion timer.
+
+        An instance indexed already is a new version of it: its row takes the new content's values and
+        ``versions`` counts one more. An identical resend is not recorded here (see ``count_duplicate``).
+        """
         now = time.time()
         with self.connect() as connection:
             connection.execute(
-                "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(sop_instance_uid) DO UPDATE SET"
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,"
+                " modality, path, size, received_at, association_id, attributes, content_hash,"
+                " transfer_syntax_uid, versions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1)"
+                " ON CONFLICT(sop_instance_uid) DO UPDATE SET"
+                " sop_class_uid=excluded.sop_class_uid, study_instance_uid=excluded.study_instance_uid,"
+                " series_instance_uid=excluded.series_instance_uid, modality=excluded.modality,"
                 " path=excluded.path, size=excluded.size, received_at=excluded.received_at,"
-                " association_id=excluded.association_id, attributes=excluded.attributes",
+                " association_id=excluded.association_id, attributes=excluded.attributes,"
+                " content_hash=excluded.content_hash, transfer_syntax_uid=excluded.transfer_syntax_uid,"
+                " versions=instances.versions + 1",
                 (
                     sop_instance_uid,
                     sop_class_uid,
@@ -170,6 +246,8 @@ class Index:
                     now,
                     association_id,
                     json.dumps(attributes, sort_keys=True),
+                    content_hash,
+                    transfer_syntax_uid,
                 ),
             )
             connection.execute(
@@ -191,22 +269,119 @@ class Index:
     ) -> None:
         with self.connect() as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO associations VALUES (?,?,?,?,?,NULL,0,'open')",
+                "INSERT OR REPLACE INTO associations (association_id, calling_ae_title, called_ae_title, address,"
+                " started_at, ended_at, instances, outcome) VALUES (?,?,?,?,?,NULL,0,'open')",
                 (association_id, calling_ae_title, called_ae_title, address, time.time()),
             )
 
-    def close_association(self, association_id: str, outcome: str) -> None:
+    def close_association(
+        self,
+        association_id: str,
+        outcome: str,
+        *,
+        duplicates: int = 0,
+        failed: int = 0,
+        detail: str | None = None,
+    ) -> None:
+        """Record how an association ended (released, aborted, rejected) with its duplicate and failure counts."""
         with self.connect() as connection:
             connection.execute(
-                "UPDATE associations SET ended_at=?, outcome=? WHERE association_id=?",
-                (time.time(), outcome, association_id),
+                "UPDATE associations SET ended_at=?, outcome=?, duplicates=duplicates + ?, failed=failed + ?,"
+                " detail=COALESCE(?, detail) WHERE association_id=?",
+                (time.time(), outcome, duplicates, failed, detail, association_id),
             )
 
-    def due_studies(self, now: float) -> list[sqlite3.Row]:
-        """Studies still receiving whose quiet period has passed."""
-        return self.query(
-            "SELECT * FROM studies WHERE state='receiving' AND last_received_at + quiet_seconds <= ?", (now,)
+    def interrupt_open_associations(self, called_ae_title: str) -> int:
+        """Close the associations to ``called_ae_title`` left open by a node that stopped; return how many."""
+        with self.connect() as connection:
+            cursor = connection.execute(
+                "UPDATE associations SET outcome='interrupted', ended_at=COALESCE(ended_at, ?),"
+                " detail=COALESCE(detail, 'the node stopped while the association was open')"
+                " WHERE outcome='open' AND called_ae_title=?",
+                (time.time(), called_ae_title),
+            )
+            return cursor.rowcount
+
+    # -- study completion -----------------------------------------------------------------------------
+
+    def study(self, study_instance_uid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM studies WHERE study_instance_uid=?", (study_instance_uid,))
+        return rows[0] if rows else None
+
+    def studies_to_check(self, study_instance_uid: str | None = None) -> list[sqlite3.Row]:
+        """Studies still receiving or asked to be processed now (``requested_at`` not NULL), oldest first."""
+        sql = (
+            "SELECT s.*, r.requested_at FROM studies s LEFT JOIN processing_requests r USING (study_instance_uid)"
+            " WHERE (s.state='receiving' OR r.requested_at IS NOT NULL)"
         )
+        if study_instance_uid is None:
+            return self.query(sql + " ORDER BY s.first_received_at")
+        return self.query(sql + " AND s.study_instance_uid=?", (study_instance_uid,))
+
+    def series_progress(self, study_instance_uid: str) -> list[sqlite3.Row]:
+        """What completion needs to know of each series of a study, one row per series.
+
+        ``instances``, ``first_received_at``, ``last_received_at``; ``first_pending_at``: the first instance
+        received after the series' last completion (NULL when nothing is pending); ``released_at``: the
+        latest release of an association that delivered its instances; ``open_associations``: how many
+        of those are still open; ``instance_digest``: the digest recorded at its last completion.
+        """
+        return self.query(
+            "SELECT i.series_instance_uid, COUNT(*) AS instances,"
+            " MIN(i.received_at) AS first_received_at, MAX(i.received_at) AS last_received_at,"
+            " MIN(CASE WHEN c.covered_until IS NULL OR i.received_at > c.covered_until"
+            "     THEN i.received_at END) AS first_pending_at,"
+            " MAX(CASE WHEN a.outcome='released' THEN a.ended_at END) AS released_at,"
+            " COUNT(DISTINCT CASE WHEN a.outcome='open' THEN a.association_id END) AS open_associations,"
+            " MAX(c.instance_digest) AS instance_digest"
+            " FROM instances i"
+            " LEFT JOIN series_completions c"
+            "   ON c.study_instance_uid=i.study_instance_uid AND c.series_instance_uid=i.series_instance_uid"
+            " LEFT JOIN associations a ON a.association_id=i.association_id"
+            " WHERE i.study_instance_uid=? GROUP BY i.series_instance_uid ORDER BY i.series_instance_uid",
+            (study_instance_uid,),
+        )
+
+    def record_completion(
+        self, study_instance_uid: str, series: list[tuple[str, str, int, float]], reason: str
+    ) -> None:
+        """Record that each ``(series uid, instance digest, instances, covered_until)`` completed for ``reason``."""
+        now = time.time()
+        with self.connect() as connection:
+            connection.executemany(
+                "INSERT OR REPLACE INTO series_completions VALUES (?,?,?,?,?,?,?)",
+                [
+                    (study_instance_uid, series_uid, digest, instances, covered_until, now, reason)
+                    for series_uid, digest, instances, covered_until in series
+                ],
+            )
+
+    def series_completions(self, study_instance_uid: str) -> list[sqlite3.Row]:
+        return self.query(
+            "SELECT * FROM series_completions WHERE study_instance_uid=? ORDER BY series_instance_uid",
+            (study_instance_uid,),
+        )
+
+    def request_processing(self, study_instance_uid: str) -> bool:
+        """Ask the tracker to complete a study now ("process now"); False when the study is not indexed."""
+        with self.connect() as connection:
+            known = connection.execute(
+                "SELECT 1 FROM studies WHERE study_instance_uid=?", (study_instance_uid,)
+            ).fetchone()
+            if known is None:
+                return False
+            connection.execute(
+                "INSERT OR REPLACE INTO processing_requests VALUES (?,?)", (study_instance_uid, time.time())
+            )
+            return True
+
+    def clear_processing_request(self, study_instance_uid: str, requested_at: float) -> None:
+        """Remove a handled request, unless it was made again since it was read."""
+        with self.connect() as connection:
+            connection.execute(
+                "DELETE FROM processing_requests WHERE study_instance_uid=? AND requested_at=?",
+                (study_instance_uid, requested_at),
+            )
 
     def mark_study(self, study_instance_uid: str, state: str, expected_last_received_at: float) -> bool:
         """Move a study out of ``receiving`` unless an instance arrived since it was read."""
@@ -272,6 +447,11 @@ class Index:
     def job(self, job_id: str) -> sqlite3.Row | None:
         rows = self.query("SELECT * FROM jobs WHERE job_id=?", (job_id,))
         return rows[0] if rows else None
+
+    def jobs_of_study(self, study_instance_uid: str) -> list[sqlite3.Row]:
+        return self.query(
+            "SELECT * FROM jobs WHERE study_instance_uid=? ORDER BY created_at", (study_instance_uid,)
+        )
 
     def jobs(self, state: str | None = None) -> list[sqlite3.Row]:
         if state is None:
@@ -367,3 +547,69 @@ class Index:
                 " WHERE sop_instance_uid=? AND destination=?",
                 (state, status, error, next_attempt_at, now, state, now, sop_instance_uid, destination),
             )
+
+    def resubmit_deliveries(
+        self,
+        *,
+        sop_instance_uid: str | None = None,
+        destination: str | None = None,
+        states: tuple[str, ...] = ("dead",),
+    ) -> int:
+        """Queue deliveries again (dead letters by default) for an immediate try; return how many."""
+        conditions = [f"state IN ({','.join('?' * len(states))})"]
+        parameters: list[object] = list(states)
+        if sop_instance_uid is not None:
+            conditions.append("sop_instance_uid=?")
+            parameters.append(sop_instance_uid)
+        if destination is not None:
+            conditions.append("destination=?")
+            parameters.append(destination)
+        with self.connect() as connection:
+            cursor = connection.execute(
+                "UPDATE deliveries SET state='pending', attempts=0, first_attempt_at=NULL, next_attempt_at=?"
+                " WHERE " + " AND ".join(conditions),
+                (time.time(), *parameters),
+            )
+            return cursor.rowcount
+
+    # -- storage commitment ---------------------------------------------------------------------------
+
+    def record_commitment_request(
+        self, transaction_uid: str, destination: str, sop_instance_uids: list[str]
+    ) -> None:
+        now = time.time()
+        with self.connect() as connection:
+            connection.executemany(
+                "INSERT OR REPLACE INTO commitments VALUES (?,?,?,'requested',?,NULL,NULL)",
+                [(transaction_uid, uid, destination, now) for uid in sop_instance_uids],
+            )
+
+    def forget_commitment_request(self, transaction_uid: str) -> None:
+        with self.connect() as connection:
+            connection.execute("DELETE FROM commitments WHERE transaction_uid=?", (transaction_uid,))
+
+    def record_commitment_result(
+        self, transaction_uid: str, committed: list[str], failed: dict[str, int], answered_at: float
+    ) -> bool:
+        """Record a destination's answer; return False when the transaction is unknown."""
+        with self.connect() as connection:
+            known = connection.execute(
+                "SELECT COUNT(*) FROM commitments WHERE transaction_uid=?", (transaction_uid,)
+            ).fetchone()[0]
+            for uid in committed:
+                connection.execute(
+                    "UPDATE commitments SET state='committed', answered_at=? WHERE transaction_uid=? AND sop_instance_uid=?",
+                    (answered_at, transaction_uid, uid),
+                )
+            for uid, reason in failed.items():
+                connection.execute(
+                    "UPDATE commitments SET state='failed', answered_at=?, failure_reason=?"
+                    " WHERE transaction_uid=? AND sop_instance_uid=?",
+                    (answered_at, reason, transaction_uid, uid),
+                )
+            return bool(known)
+
+    def commitments(self, sop_instance_uid: str | None = None) -> list[sqlite3.Row]:
+        if sop_instance_uid is None:
+            return self.query("SELECT * FROM commitments ORDER BY requested_at")
+        return self.query("SELECT * FROM commitments WHERE sop_instance_uid=?", (sop_instance_uid,))

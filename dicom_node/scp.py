@@ -1,37 +1,178 @@
 """The Storage and Verification SCP.
 
-Each received instance is spooled durably and indexed before the SCP answers Success, so an instance
-that was acknowledged is never lost. Handlers never raise: they answer a DIMSE status instead.
+Each received instance is checked (``dicom_node.received``), spooled durably and indexed before the SCP
+answers Success, so an instance that was acknowledged is never lost. Handlers never raise: they answer a
+DIMSE status instead, with an Error Comment that says why.
 
-==========  ===================================================================
-0x0000      stored and indexed
-0xA700      out of resources: the spool or index could not be written (the sender retries)
-0xC210      cannot understand: the data set does not decode or lacks valid UIDs (quarantined)
-==========  ===================================================================
+==========  =====================================================================================
+0x0000      stored and indexed; or an identical copy of an instance stored already (acknowledged,
+            nothing re-opened: the study's completion timer and jobs are not touched)
+0x0122      refused: SOP class not supported (``node.restrict_sop_classes``; such a class is normally
+            refused earlier, at association, by rejecting its presentation context)
+0xA700      out of resources: the spool or the index could not be written (disk full); the sender
+            retries later, as for every 0xA7xx
+0xA701      out of resources: the data set is larger than ``node.max_dataset_bytes``; refused, not
+            kept (the reason is recorded in ``quarantine/``)
+0xA900      data set does not match SOP class (SOP Class or Instance UID of the command and the data set
+            differ; an image SOP class without pixel data); quarantined
+0xC210      cannot understand: truncated or malformed data set, missing or invalid UIDs; quarantined
+==========  =====================================================================================
+
+Presentation contexts are negotiated per association (``EVT_REQUESTED``): every storage SOP class the
+peer proposes is accepted, private and not yet known ones included (registered with pynetdicom's storage
+service as they are first proposed), unless ``node.restrict_sop_classes`` lists the accepted ones. Of the
+transfer syntaxes proposed for a SOP class, the first that pydicom can decode to pixels with the installed
+plugins is chosen, in the peer's order of preference; a syntax that can only be stored (MPEG, JPEG XL
+without a decoder) is accepted when nothing else is offered. pynetdicom's global
+``_config.UNRESTRICTED_STORAGE_SERVICE`` would do the first part for the whole process, but it accepts
+the peer's first transfer syntax whatever it is and cannot refuse a SOP class, so the node does not use it.
+
+Throughput without giving up durability: a new instance is written and fsync'ed to ``spool/.incoming/``
+in a worker thread while it is checked, and hashed in another (both let go of the GIL); it is renamed into
+place when the checks pass, and the fsync of its folder runs while the index row is committed. Success is
+answered only when the file, its folder and the index row are on disk. Nagle's algorithm is turned off
+on every connection, as each C-STORE response is one small write.
+
+A new association beyond ``node.max_associations`` is rejected by pynetdicom with A-ASSOCIATE-RJ
+"rejected-transient", source "service-provider (presentation)", reason "local-limit-exceeded": the sender
+may try again later. Every association is audited in the index (``associations``): calling AE, address,
+start and end, instances stored, identical resends, failures, outcome (released, aborted, rejected, and
+``interrupted`` for those the node left open when it stopped).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sqlite3
+import struct
 import threading
+import time
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    build_context,
+    evt,
+    register_uid,
+)
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification, uid_to_service_class
 
 from config import Settings
+from dicom_node.commitment import handle_event_report as handle_commitment_report
+from dicom_node.errors import InstanceRejected
 from dicom_node.index import Index
-from dicom_node.routing import indexed_attributes, select_route
-from dicom_node.spool import Spool
+from dicom_node.received import (
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
+    ReceivedInstance,
+    content_hash,
+    inspect_received,
+)
+from dicom_node.routing import select_route
+from dicom_node.spool import Spool, sync_directory
 from dicom_node.uids import is_valid_uid
 
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "DATA_SET_TOO_LARGE",
+    "DOES_NOT_MATCH_SOP_CLASS",
+    "OUT_OF_RESOURCES",
+    "SOP_CLASS_NOT_SUPPORTED",
+    "SUCCESS",
+    "StorageSCP",
+]
 logger = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC210
+DATA_SET_TOO_LARGE = 0xA701
+
+#: JPIP deflate syntaxes carry a deflated data set that pydicom does not inflate: not accepted
+ACCEPTED_TRANSFER_SYNTAXES = tuple(
+    uid for uid in ALL_TRANSFER_SYNTAXES if uid not in ("1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205")
+)
+_LOCK_STRIPES = 64
+_MAX_REGISTERED_SOP_CLASSES = 10_000
+_registration_lock = threading.Lock()
+_registered_sop_classes: set[str] = set()
+
+
+def _pixel_decodable(transfer_syntax_uid: str) -> bool:
+    """Whether pydicom, with the plugins installed here, decodes pixel data in this transfer syntax."""
+    uid = pydicom.uid.UID(transfer_syntax_uid)
+    if not uid.is_compressed:
+        return True
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(uid).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+PIXEL_DECODABLE_TRANSFER_SYNTAXES = frozenset(
+    uid for uid in ACCEPTED_TRANSFER_SYNTAXES if _pixel_decodable(uid)
+)
+
+
+def is_storage_sop_class(sop_class_uid: str) -> bool:
+    """Whether C-STOREs of ``sop_class_uid`` are taken: a known storage class, or a private or unknown one.
+
+    A private or unknown class is registered with pynetdicom's storage service the first time (so that
+    its C-STOREs reach the handler); known classes of other services (query, worklist...) are not storage.
+    """
+    service = uid_to_service_class(sop_class_uid)
+    if service is StorageServiceClass:
+        return True
+    if service is not ServiceClass or not is_valid_uid(sop_class_uid):
+        return False
+    with _registration_lock:
+        if sop_class_uid not in _registered_sop_classes:
+            if len(_registered_sop_classes) >= _MAX_REGISTERED_SOP_CLASSES:
+                logger.warning("not registering SOP class %s: too many private SOP classes", sop_class_uid)
+                return False
+            keyword = "MedAgentStorage_" + sop_class_uid.replace(".", "_")
+            register_uid(sop_class_uid, keyword, StorageServiceClass)
+            _registered_sop_classes.add(sop_class_uid)
+            logger.info("accepting the private or unknown storage SOP class %s", sop_class_uid)
+    return True
+
+
+def _error_comment(text: str) -> str:
+    """``text`` as an Error Comment value (LO: at most 64 characters, no backslash or control characters)."""
+    cleaned = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)
+    return cleaned[:64].rstrip()
+
+
+def status_with_comment(status: int, comment: str) -> Dataset:
+    response = Dataset()
+    response.Status = status
+    response.ErrorComment = _error_comment(comment)
+    return response
+
+
+@dataclass
+class _Audit:
+    """What the SCP counts for one association until it ends (stored instances are counted in the index)."""
+
+    association_id: str
+    duplicates: int = 0
+    failed: int = 0
 
 
 class StorageSCP:
@@ -42,17 +183,30 @@ class StorageSCP:
         self.index = index
         self.spool = spool
         self._server: Any = None
-        self._association_ids: dict[int, str] = {}
+        self._audits: dict[int, _Audit] = {}
         self._lock = threading.Lock()
+        self._instance_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+        #: hashing, staging writes and folder fsyncs: up to three at a time for each association
+        self._io = self._executor()
+        restricted = settings.node.restrict_sop_classes
+        self._allowed_sop_classes = None if restricted is None else frozenset(restricted)
         self.ae = self._build_ae()
+
+    def __repr__(self) -> str:
+        return f"StorageSCP(ae_title={self.settings.node.ae_title!r}, port={self.settings.node.port})"
+
+    def _executor(self) -> ThreadPoolExecutor:
+        workers = 3 * self.settings.node.max_associations + 2
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medagent-scp-io")
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.node.ae_title)
         ae.maximum_pdu_size = self.settings.node.max_pdu_size
         ae.maximum_associations = self.settings.node.max_associations
+        # storage contexts are added per association, from what the peer proposes (handle_requested)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for context in StoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # a destination answers Storage Commitment requests on a new association, acting as the SCP
+        ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
         ae.require_calling_aet = [source.ae_title for source in self.settings.sources]
         ae.require_called_aet = True
         return ae
@@ -63,9 +217,23 @@ class StorageSCP:
 
     def start(self) -> None:
         node = self.settings.node
+        try:
+            self.spool.clear_incoming()
+        except OSError:
+            logger.exception("could not clear %s", self.spool.incoming)
+        try:
+            interrupted = self.index.interrupt_open_associations(node.ae_title)
+        except sqlite3.Error:
+            logger.exception("could not close the associations left open by the previous run")
+        else:
+            if interrupted:
+                logger.warning("%d association(s) were open when the node last stopped", interrupted)
         handlers = [
+            (evt.EVT_CONN_OPEN, self.handle_connection),
+            (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_N_EVENT_REPORT, self.handle_event_report),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_RELEASED, self.handle_closed, ["released"]),
             (evt.EVT_ABORTED, self.handle_closed, ["aborted"]),
@@ -78,21 +246,67 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self._io.shutdown(wait=True)
+        self._io = self._executor()  # for a restart
+
+    # -- negotiation ----------------------------------------------------------------------------------
+
+    def handle_connection(self, event: evt.Event) -> None:
+        """Turn Nagle's algorithm off: each C-STORE response is one small write that must not wait."""
+        try:
+            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            logger.debug("could not set TCP_NODELAY on an incoming connection")
+
+    def accepts_sop_class(self, sop_class_uid: str) -> bool:
+        if self._allowed_sop_classes is not None and sop_class_uid not in self._allowed_sop_classes:
+            return False
+        return is_storage_sop_class(sop_class_uid)
+
+    def handle_requested(self, event: evt.Event) -> None:
+        """Offer this association a storage context for each storage SOP class it proposes."""
+        try:
+            self._offer_contexts(event.assoc)
+        except Exception:
+            logger.exception("could not prepare the presentation contexts of an association")
+
+    def _offer_contexts(self, assoc: Any) -> None:
+        request = assoc.requestor.primitive
+        calling_ae_title = str(request.calling_ae_title).strip()
+        if calling_ae_title not in self.ae.require_calling_aet:
+            return  # the association is rejected during negotiation
+        proposed: dict[str, list[str]] = {}
+        for context in request.presentation_context_definition_list:
+            syntaxes = proposed.setdefault(str(context.abstract_syntax), [])
+            syntaxes.extend(str(uid) for uid in context.transfer_syntax if str(uid) not in syntaxes)
+        contexts = list(self.ae.supported_contexts)
+        for sop_class_uid, syntaxes in proposed.items():
+            if sop_class_uid == Verification or not self.accepts_sop_class(sop_class_uid):
+                continue
+            decodable = [uid for uid in syntaxes if uid in PIXEL_DECODABLE_TRANSFER_SYNTAXES]
+            storable = [uid for uid in syntaxes if uid in ACCEPTED_TRANSFER_SYNTAXES and uid not in decodable]
+            try:
+                contexts.append(
+                    build_context(sop_class_uid, decodable + storable or ACCEPTED_TRANSFER_SYNTAXES)
+                )
+            except ValueError:
+                logger.warning("could not offer a context for the proposed SOP class %r", sop_class_uid[:80])
+        assoc.acceptor.supported_contexts = contexts
 
     # -- association audit ----------------------------------------------------------------------------
 
-    def _association_id(self, assoc: Any) -> str:
+    def _audit(self, assoc: Any) -> _Audit:
         with self._lock:
             key = id(assoc)
-            if key not in self._association_ids:
-                self._association_ids[key] = uuid.uuid4().hex
-            return self._association_ids[key]
+            if key not in self._audits:
+                self._audits[key] = _Audit(uuid.uuid4().hex)
+            return self._audits[key]
 
     def handle_accepted(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
         try:
             self.index.open_association(
-                self._association_id(event.assoc),
+                self._audit(event.assoc).association_id,
                 requestor.ae_title,
                 event.assoc.acceptor.ae_title,
                 f"{requestor.address}:{requestor.port}",
@@ -101,88 +315,333 @@ class StorageSCP:
             logger.exception("could not record an accepted association in the audit log")
 
     def handle_closed(self, event: evt.Event, outcome: str) -> None:
+        """Record the end of an accepted association, with its counts of resends and failures.
+
+        pynetdicom reports a connection lost without A-ABORT, and its own aborts on protocol errors or
+        timeouts, as aborted too.
+        """
         with self._lock:
-            association_id = self._association_ids.pop(id(event.assoc), None)
-        if association_id is None:
+            audit = self._audits.pop(id(event.assoc), None)
+        if audit is None:
             return
+        detail = (
+            "A-ABORT by the peer or the node, or the connection was lost" if outcome == "aborted" else None
+        )
         try:
-            self.index.close_association(association_id, outcome)
+            self.index.close_association(
+                audit.association_id, outcome, duplicates=audit.duplicates, failed=audit.failed, detail=detail
+            )
         except sqlite3.Error:
-            logger.exception("could not record the end of association %s", association_id)
+            logger.exception("could not record the end of association %s", audit.association_id)
 
     def handle_rejected(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
-        association_id = uuid.uuid4().hex
-        logger.warning(
-            "rejected association from AE '%s' at %s (not in sources)", requestor.ae_title, requestor.address
-        )
-        try:
-            self.index.open_association(
-                association_id, requestor.ae_title, event.assoc.acceptor.ae_title, requestor.address
+        calling_ae_title = str(requestor.ae_title).strip()
+        called_ae_title = str(event.assoc.acceptor.ae_title).strip()
+        if calling_ae_title not in self.ae.require_calling_aet:
+            detail = f"calling AE title '{calling_ae_title}' is not in sources"
+        elif (
+            requestor.primitive is not None
+            and str(requestor.primitive.called_ae_title).strip() != called_ae_title
+        ):
+            detail = (
+                f"called AE title '{str(requestor.primitive.called_ae_title).strip()}' is not this node's"
             )
-            self.index.close_association(association_id, "rejected")
+        else:
+            detail = f"association limit reached (node.max_associations = {self.ae.maximum_associations})"
+        logger.warning(
+            "rejected association from AE '%s' at %s: %s", calling_ae_title, requestor.address, detail
+        )
+        association_id = uuid.uuid4().hex
+        try:
+            self.index.open_association(association_id, calling_ae_title, called_ae_title, requestor.address)
+            self.index.close_association(association_id, "rejected", detail=detail)
         except sqlite3.Error:
             logger.exception("could not record a rejected association")
 
     # -- DIMSE ----------------------------------------------------------------------------------------
 
+    def handle_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        """A Storage Commitment result from a destination (see ``dicom_node.commitment``)."""
+        return handle_commitment_report(event, self.index)
+
     def handle_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
-    def handle_store(self, event: evt.Event) -> int:
-        """Spool and index one instance; answer a status, never raise."""
+    def handle_store(self, event: evt.Event) -> int | Dataset:
+        """Check, spool and index one instance; answer a status, never raise."""
+        sop_instance_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        audit = self._audit(event.assoc)
         try:
-            encoded = event.encoded_dataset()
+            status = self._store(event, audit)
         except Exception:
-            logger.exception("could not read the received data set")
-            return CANNOT_UNDERSTAND
-        try:
-            dataset = event.dataset
-            study_instance_uid = str(dataset.get("StudyInstanceUID", ""))
-            series_instance_uid = str(dataset.get("SeriesInstanceUID", ""))
-            modality = dataset.get("Modality")
-            attributes = indexed_attributes(dataset)
-            route = select_route(self.settings.routes, dataset)
-        except Exception as exc:
-            reason = f"data set does not decode: {type(exc).__name__}: {exc}"
-            logger.warning("C-STORE %s rejected: %s", event.request.AffectedSOPInstanceUID, reason)
-            self.spool.quarantine(encoded, reason, str(event.request.AffectedSOPInstanceUID))
-            return CANNOT_UNDERSTAND
-        sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
-        sop_class_uid = str(event.request.AffectedSOPClassUID)
-        for name, value in (
-            ("StudyInstanceUID", study_instance_uid),
-            ("SeriesInstanceUID", series_instance_uid),
-            ("SOPInstanceUID", sop_instance_uid),
-        ):
-            if not is_valid_uid(value):
-                reason = f"{name} {value[:80]!r} is not a valid UID"
-                logger.warning("C-STORE rejected: %s", reason)
-                self.spool.quarantine(encoded, reason, "invalid-uid")
-                return CANNOT_UNDERSTAND
-        try:
-            path = self.spool.store(study_instance_uid, series_instance_uid, sop_instance_uid, encoded)
-        except OSError:
-            logger.exception("spool write failed for %s", sop_instance_uid)
-            return OUT_OF_RESOURCES
-        quiet = route.completion.quiet_seconds if route else 5.0
-        try:
-            self.index.record_instance(
-                sop_instance_uid=sop_instance_uid,
-                sop_class_uid=sop_class_uid,
-                study_instance_uid=study_instance_uid,
-                series_instance_uid=series_instance_uid,
-                modality=str(modality) if modality else None,
-                path=str(path),
-                size=len(encoded),
-                association_id=self._association_id(event.assoc),
-                calling_ae_title=event.assoc.requestor.ae_title,
-                attributes=attributes,
-                route=route.name if route else None,
-                quiet_seconds=quiet,
+            logger.exception("C-STORE of %s failed unexpectedly", sop_instance_uid[:80])
+            status = status_with_comment(OUT_OF_RESOURCES, "internal error in the node; retry later")
+        if (status.Status if isinstance(status, Dataset) else status) != SUCCESS:
+            audit.failed += 1
+        return status
+
+    def _store(self, event: evt.Event, audit: _Audit) -> int | Dataset:
+        request = event.request
+        sop_class_uid = str(request.AffectedSOPClassUID or "")
+        sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+        stream = request.DataSet
+        if stream is None:
+            return self._refuse(
+                event, audit, InstanceRejected(CANNOT_UNDERSTAND, "the C-STORE has no data set")
             )
-        except sqlite3.Error:
-            logger.exception("index write failed for %s", sop_instance_uid)
-            return OUT_OF_RESOURCES
-        logger.debug("stored %s in study %s", sop_instance_uid, study_instance_uid)
+        if not self.accepts_sop_class(sop_class_uid):
+            reason = f"not in node.restrict_sop_classes: SOP class {sop_class_uid[:64]}"
+            return self._refuse(
+                event, audit, InstanceRejected(SOP_CLASS_NOT_SUPPORTED, reason, quarantine=False)
+            )
+        data = stream.getbuffer()
+        hashing: Future[str] | None = None
+        staging: Future[Path] | None = None
+        try:
+            limit = self.settings.node.max_dataset_bytes
+            if data.nbytes > limit:
+                reason = f"data set of {data.nbytes} bytes exceeds node.max_dataset_bytes ({limit})"
+                return self._refuse(
+                    event, audit, InstanceRejected(DATA_SET_TOO_LARGE, reason, quarantine=False)
+                )
+            transfer_syntax_uid = str(event.context.transfer_syntax)
+            meta = file_meta_bytes(
+                sop_class_uid, sop_instance_uid, transfer_syntax_uid, event.assoc.requestor.ae_title
+            )
+            # beside the checks, in other threads (hashlib and file writes let go of the GIL): the hash,
+            # and the write and fsync of a new instance to spool/.incoming/
+            hashing = self._io.submit(content_hash, data)
+            try:
+                if self.index.instance(sop_instance_uid) is None:
+                    staging = self._io.submit(self.spool.stage, (meta, data))
+                    time.sleep(0)  # let the writer take the GIL now: the checks below hold it throughout
+            except sqlite3.Error:
+                logger.exception("index read failed for %s", sop_instance_uid)
+                return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
+            try:
+                instance = inspect_received(
+                    data, stream, transfer_syntax_uid, sop_class_uid, sop_instance_uid
+                )
+                route = select_route(self.settings.routes, instance.header)
+            except InstanceRejected as rejected:
+                return self._refuse(event, audit, rejected, data)
+            except Exception as exc:  # a value the routes read does not convert
+                rejected = InstanceRejected(
+                    CANNOT_UNDERSTAND, f"undecodable value: {type(exc).__name__}: {exc}"
+                )
+                return self._refuse(event, audit, rejected, data)
+            return self._spool_and_index(event, audit, instance, (meta, data), hashing, staging, route)
+        finally:
+            # the buffer must not be released while it is hashed or written; a staged file that was not
+            # moved into place (refused, a resend, a failure) is deleted
+            wait([future for future in (hashing, staging) if future is not None])
+            if staging is not None and staging.exception() is None:
+                self.spool.discard(staging.result())
+            data.release()
+
+    def _spool_and_index(
+        self,
+        event: evt.Event,
+        audit: _Audit,
+        instance: ReceivedInstance,
+        parts: tuple[bytes, memoryview],
+        hashing: Future[str],
+        staging: Future[Path] | None,
+        route: Any,
+    ) -> int | Dataset:
+        """Store and index an instance that passed the checks: new, an identical resend, or a new version.
+
+        A new instance was staged (written and fsync'ed) while it was checked: it is renamed into place.
+        The fsync of its folder runs while the index row is committed (its own fsync), and both are done
+        before Success is answered.
+        """
+        sop_instance_uid = instance.sop_instance_uid
+        with self._instance_locks[hash(sop_instance_uid) % _LOCK_STRIPES]:
+            try:
+                existing = self.index.instance(sop_instance_uid)
+                if existing is not None and _same_content(existing, instance, hashing.result(), parts):
+                    if Path(existing["path"]).exists():
+                        audit.duplicates += 1
+                        logger.debug("identical resend of %s acknowledged", sop_instance_uid)
+                        return SUCCESS
+                    logger.warning(
+                        "instance %s was indexed but its file was missing: stored again", sop_instance_uid
+                    )
+                    self.spool.store(
+                        instance.study_instance_uid, instance.series_instance_uid, sop_instance_uid, parts
+                    )
+                    return SUCCESS
+                if existing is None and staging is not None:
+                    path = self.spool.commit(
+                        staging.result(),
+                        instance.study_instance_uid,
+                        instance.series_instance_uid,
+                        sop_instance_uid,
+                        sync_directory=False,
+                    )
+                elif existing is None:
+                    path = self.spool.store(
+                        instance.study_instance_uid,
+                        instance.series_instance_uid,
+                        sop_instance_uid,
+                        parts,
+                        sync_directory=False,
+                    )
+                else:
+                    path, kept = self.spool.store_version(
+                        instance.study_instance_uid,
+                        instance.series_instance_uid,
+                        sop_instance_uid,
+                        parts,
+                        previous=Path(existing["path"]),
+                        version=int(existing["versions"]),
+                    )
+                    logger.warning(
+                        "instance %s received again with different content: version %d kept as %s, version %d"
+                        " is current",
+                        sop_instance_uid,
+                        existing["versions"],
+                        kept,
+                        existing["versions"] + 1,
+                    )
+            except OSError as exc:
+                return _spool_failed(sop_instance_uid, exc)
+            except sqlite3.Error:
+                logger.exception("index read failed for %s", sop_instance_uid)
+                return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
+            directory_synced = self._io.submit(sync_directory, path)
+            try:
+                self.index.record_instance(
+                    sop_instance_uid=sop_instance_uid,
+                    sop_class_uid=instance.sop_class_uid,
+                    study_instance_uid=instance.study_instance_uid,
+                    series_instance_uid=instance.series_instance_uid,
+                    modality=instance.modality,
+                    path=str(path),
+                    size=instance.size,
+                    association_id=audit.association_id,
+                    calling_ae_title=event.assoc.requestor.ae_title,
+                    attributes=instance.attributes,
+                    route=route.name if route else None,
+                    quiet_seconds=route.completion.quiet_seconds if route else 5.0,
+                    content_hash=hashing.result(),
+                    transfer_syntax_uid=instance.transfer_syntax_uid,
+                )
+            except sqlite3.Error:
+                wait([directory_synced])
+                logger.exception("index write failed for %s", sop_instance_uid)
+                return status_with_comment(OUT_OF_RESOURCES, "could not write the index")
+            try:
+                directory_synced.result()
+            except OSError as exc:
+                return _spool_failed(sop_instance_uid, exc)
+        logger.debug("stored %s in study %s", sop_instance_uid, instance.study_instance_uid)
         return SUCCESS
+
+    def _refuse(
+        self, event: evt.Event, audit: _Audit, rejected: InstanceRejected, data: memoryview | None = None
+    ) -> Dataset:
+        """Answer a failure for a received object; keep its bytes in quarantine when ``rejected`` says so."""
+        request = event.request
+        sop_class_uid = str(request.AffectedSOPClassUID or "")
+        sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+        calling_ae_title = str(event.assoc.requestor.ae_title).strip()
+        transfer_syntax_uid = str(event.context.transfer_syntax)
+        logger.warning(
+            "C-STORE %s from '%s' refused with 0x%04X: %s",
+            sop_instance_uid[:80],
+            calling_ae_title,
+            rejected.status,
+            rejected.reason,
+        )
+        record = "\n".join(
+            [
+                f"status: 0x{rejected.status:04X}",
+                f"reason: {rejected.reason}",
+                f"received_at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+                f"calling_ae_title: {calling_ae_title}",
+                f"address: {event.assoc.requestor.address}",
+                f"association_id: {audit.association_id}",
+                f"affected_sop_class_uid: {sop_class_uid[:80]}",
+                f"affected_sop_instance_uid: {sop_instance_uid[:80]}",
+                f"transfer_syntax_uid: {transfer_syntax_uid}",
+            ]
+        )
+        kept = None
+        if data is not None and rejected.quarantine:
+            meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title)
+            kept = (meta, data)
+        hint = sop_instance_uid if is_valid_uid(sop_instance_uid) else "invalid-uid"
+        self.spool.quarantine(kept, record, hint)
+        return status_with_comment(rejected.status, rejected.reason)
+
+
+def _spool_failed(sop_instance_uid: str, exc: OSError) -> Dataset:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        logger.error("spool full: could not store %s (%s)", sop_instance_uid, exc.strerror)
+    else:
+        logger.exception("spool write failed for %s", sop_instance_uid)
+    return status_with_comment(OUT_OF_RESOURCES, f"could not write the spool: {exc.strerror}")
+
+
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    header = struct.pack("<HH", group_element >> 16, group_element & 0xFFFF) + vr
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+        return header + b"\0\0" + struct.pack("<L", len(value)) + value
+    return header + struct.pack("<H", len(value)) + value
+
+
+def _text_value(text: str, padding: bytes) -> bytes:
+    value = str(text).strip().encode("ascii", "replace")[:0xFFF0]
+    return value + padding if len(value) % 2 else value
+
+
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str
+) -> bytes:
+    """Preamble, ``DICM`` and File Meta Information (explicit VR little endian) for a received data set.
+
+    Implementation Class UID and Version Name are pynetdicom's (its ``Event.file_meta`` writes the same);
+    Source Application Entity Title is the calling AE. Encoded directly: this runs for every instance.
+    """
+    elements = b"".join(
+        [
+            _element(0x00020001, b"OB", b"\x00\x01"),
+            _element(0x00020002, b"UI", _text_value(sop_class_uid, b"\0")),
+            _element(0x00020003, b"UI", _text_value(sop_instance_uid, b"\0")),
+            _element(0x00020010, b"UI", _text_value(transfer_syntax_uid, b"\0")),
+            _element(0x00020012, b"UI", _text_value(PYNETDICOM_IMPLEMENTATION_UID, b"\0")),
+            _element(0x00020013, b"SH", _text_value(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(0x00020016, b"AE", _text_value(source_ae_title, b" ")),
+        ]
+    )
+    return b"\0" * 128 + b"DICM" + _element(0x00020000, b"UL", struct.pack("<L", len(elements))) + elements
+
+
+def _data_set_elements(dataset: Dataset) -> list[Any]:
+    return [element for element in dataset if element.tag.element != 0 and element.tag != 0xFFFCFFFC]
+
+
+def _same_content(
+    existing: Any, instance: ReceivedInstance, received_hash: str, parts: Sequence[Any]
+) -> bool:
+    """Whether a resent instance holds what is stored already.
+
+    Equal hashes of the encoded data sets decide when both came in the same transfer syntax; otherwise
+    (another syntax, or a row from before hashes were kept) the two data sets are decoded and compared
+    element by element, group lengths and trailing padding aside.
+    """
+    if existing["content_hash"] == received_hash:
+        return True
+    if (
+        existing["content_hash"] is not None
+        and existing["transfer_syntax_uid"] == instance.transfer_syntax_uid
+    ):
+        return False
+    try:
+        stored = pydicom.dcmread(existing["path"])
+        received = pydicom.dcmread(BytesIO(b"".join(bytes(part) for part in parts)))
+        return _data_set_elements(stored) == _data_set_elements(received)
+    except Exception:
+        return False
