@@ -78,6 +78,42 @@ def _check(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _resubmit(arguments: argparse.Namespace) -> int:
+    from dicom_node.index import Index
+
+    settings = load_settings(arguments.config)
+    if arguments.destination is not None:
+        try:
+            settings.destination(arguments.destination)
+        except KeyError:
+            print(f"medagent: destination '{arguments.destination}' is not configured", file=sys.stderr)
+            return 2
+    index = Index(settings.node.storage / "index.sqlite3")
+    states = ("dead", "delivered") if arguments.include_delivered else ("dead",)
+    count = index.resubmit_deliveries(
+        sop_instance_uid=arguments.sop_instance_uid, destination=arguments.destination, states=states
+    )
+    print(f"{count} deliver{'y' if count == 1 else 'ies'} queued again; a running node sends them now")
+    return 0
+
+
+def _process_now(arguments: argparse.Namespace) -> int:
+    from dicom_node.index import Index
+
+    settings = load_settings(arguments.config)
+    path = Path(settings.node.storage) / "index.sqlite3"
+    if not path.exists():
+        print(f"medagent: no index at {path}; is --config the running node's file?", file=sys.stderr)
+        return 1
+    if not Index(path).request_processing(arguments.study_instance_uid):
+        print(
+            f"medagent: study {arguments.study_instance_uid} is not in the index at {path}", file=sys.stderr
+        )
+        return 1
+    print(f"study {arguments.study_instance_uid}: process now requested; the node plans it at its next sweep")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medagent", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
@@ -90,9 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", default="cpu,gpu")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.set_defaults(handler=_worker)
+    resubmit = commands.add_parser("resubmit", help="queue dead-letter deliveries again")
+    resubmit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    resubmit.add_argument("--sop-instance-uid", help="only this object")
+    resubmit.add_argument("--destination", help="only this destination")
+    resubmit.add_argument("--include-delivered", action="store_true", help="send delivered objects again too")
+    resubmit.set_defaults(handler=_resubmit)
     check = commands.add_parser("check", help="validate a configuration file and exit")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     check.set_defaults(handler=_check)
+    process_now = commands.add_parser(
+        "process-now", help="ask the running node to complete a study now and plan it (no waiting)"
+    )
+    process_now.add_argument("study_instance_uid", metavar="STUDY_UID")
+    process_now.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    process_now.set_defaults(handler=_process_now)
     return parser
 
 

@@ -22,11 +22,12 @@ from agent_core.registry import ToolRegistry
 from config import Settings
 from config.settings import QueueMode
 from dicom_node import pipeline
+from dicom_node.errors import NodeError
 from dicom_node.index import Index
 from dicom_node.outbox import Outbox
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
-from dicom_node.tracker import complete_due_studies
+from dicom_node.tracker import PlanRequest, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class Node:
         self.registry = ToolRegistry.default()
         self.poll_seconds = poll_seconds
         self._stopping = threading.Event()
+        self._listening_since = 0.0  # time before the SCP listened does not count as a quiet period
+        self._tracking = threading.Lock()  # one completion sweep at a time (tracker thread, process_now)
         self._threads: list[threading.Thread] = []
         self._worker: subprocess.Popen[bytes] | None = None
         self._app = None
@@ -75,6 +78,7 @@ class Node:
         if self.settings.queue.mode is QueueMode.EMBEDDED:
             self._start_worker()
         self.resume()
+        self._listening_since = time.time()
         self.scp.start()
         for target, name in ((self._track, "tracker"), (self._deliver, "outbox")):
             thread = threading.Thread(target=target, name=f"medagent-{name}", daemon=True)
@@ -150,22 +154,61 @@ class Node:
                 logger.info("resuming job %s (%s)", job["job_id"], state)
                 self.dispatch(job["job_id"])
 
-    def process_study(self, study_instance_uid: str, route_name: str) -> str | None:
-        route = _route(self.settings, route_name)
+    def process_study(self, request: PlanRequest) -> list[str]:
+        """Plan what a completed study (or series) asks for and dispatch the new jobs; return their ids."""
+        route = _route(self.settings, request.route)
         if route is None:
-            logger.warning("study %s: route '%s' is no longer configured", study_instance_uid, route_name)
-            return None
-        job_id = pipeline.plan_study(self.settings, self.index, study_instance_uid, route, self.registry)
-        if job_id is not None:
+            logger.warning(
+                "study %s: route '%s' is no longer configured", request.study_instance_uid, request.route
+            )
+            return []
+        job_ids = pipeline.plan_study(
+            self.settings,
+            self.index,
+            request.study_instance_uid,
+            route,
+            self.registry,
+            group_by=request.group_by,
+            series_instance_uids=request.series_instance_uids,
+            revision=request.revision,
+        )
+        for job_id in job_ids:
             self.dispatch(job_id)
-        return job_id
+        return job_ids
+
+    def sweep_studies(self, study_instance_uid: str | None = None) -> list[str]:
+        """Complete the due studies (or one study) and plan them now; return the ids of the jobs made."""
+        job_ids: list[str] = []
+
+        def process(request: PlanRequest) -> None:
+            job_ids.extend(self.process_study(request))
+
+        with self._tracking:
+            sweep(
+                self.settings,
+                self.index,
+                process,
+                study_instance_uid=study_instance_uid,
+                listening_since=self._listening_since,
+            )
+        return job_ids
+
+    def process_now(self, study_instance_uid: str) -> list[str]:
+        """Complete a study now without waiting for its timers, plan it, and return the new job ids.
+
+        Only what is pending is completed: a study that has not changed since it completed gets no new
+        job. Another process (``medagent process-now``) asks the same through ``Index.request_processing``;
+        the tracker then handles it at its next sweep.
+        """
+        if not self.index.request_processing(study_instance_uid):
+            raise NodeError(f"study {study_instance_uid} is not in the index")
+        logger.info("study %s: process now requested", study_instance_uid)
+        return self.sweep_studies(study_instance_uid)
 
     def _track(self) -> None:
         while not self._stopping.wait(self.poll_seconds):
             try:
-                for study_instance_uid, route_name in complete_due_studies(self.settings, self.index):
-                    if route_name is not None:
-                        self.process_study(study_instance_uid, route_name)
+                self.sweep_studies()
             except Exception:
                 logger.exception("study tracker sweep failed; retrying")
 

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +24,34 @@ from agent_core.planner import RulesPlanner, StudyContext
 from agent_core.protocol import Plan
 from agent_core.registry import ToolRegistry
 from config import Route, Settings
-from dicom_node.encode import EncodingContext, encode_segmentation_results
+from config.settings import GroupBy
+from dicom_node.encode import EncodingContext, encode_results
 from dicom_node.errors import NodeError
 from dicom_node.index import Index
 from dicom_node.load import Volume, load_volume, read_series
 from dicom_node.routing import route_matches
 from dicom_node.spool import write_durably
+from dicom_node.tracker import instances_digest
 from tools.base import ToolInput, ToolResult, ToolStatus
 
 logger = logging.getLogger(__name__)
 
 
-def _instance_set_digest(rows: list[sqlite3.Row]) -> str:
-    digest = hashlib.sha256()
-    for uid in sorted(row["sop_instance_uid"] for row in rows):
-        digest.update(uid.encode() + b"\n")
-    return digest.hexdigest()[:16]
+def select_series(
+    index: Index,
+    study_instance_uid: str,
+    route: Route,
+    series_instance_uids: Collection[str] | None = None,
+) -> list[list[sqlite3.Row]]:
+    """The instances of each image series of the study whose first instance matches the route, largest first.
 
-
-def select_series(index: Index, study_instance_uid: str, route: Route) -> list[sqlite3.Row] | None:
-    """The instances of the largest image series of the study whose first instance matches the route."""
+    ``series_instance_uids`` limits the candidates (None: every series of the study). Ties in size are
+    broken by Series Instance UID, so the choice is the same on every run.
+    """
     by_series: dict[str, list[sqlite3.Row]] = {}
     for row in index.instances_of_study(study_instance_uid):
-        by_series.setdefault(row["series_instance_uid"], []).append(row)
+        if series_instance_uids is None or row["series_instance_uid"] in series_instance_uids:
+            by_series.setdefault(row["series_instance_uid"], []).append(row)
     candidates = []
     for rows in by_series.values():
         try:
@@ -55,25 +61,55 @@ def select_series(index: Index, study_instance_uid: str, route: Route) -> list[s
             continue
         if "Rows" in header and route_matches(route, header):
             candidates.append(rows)
-    if not candidates:
-        return None
-    return max(candidates, key=len)
+    return sorted(candidates, key=lambda rows: (-len(rows), rows[0]["series_instance_uid"]))
 
 
 def plan_study(
-    settings: Settings, index: Index, study_instance_uid: str, route: Route, registry: ToolRegistry
-) -> str | None:
-    """Plan the route's instruction for a completed study and record the job.
+    settings: Settings,
+    index: Index,
+    study_instance_uid: str,
+    route: Route,
+    registry: ToolRegistry,
+    *,
+    group_by: GroupBy | str = GroupBy.STUDY,
+    series_instance_uids: Collection[str] | None = None,
+    revision: str = "",
+) -> list[str]:
+    """Plan the route's instruction for a completed study and record the jobs; return the new job ids.
 
-    Returns the new job's id, or None when there is nothing to do or the same job (same instances, same
-    instruction) exists already.
+    ``group_by`` study: one job on the largest matching image series among the candidates; series: one
+    job per matching image series. ``series_instance_uids`` limits the candidates (None: all). A job id
+    depends only on the study, the series, its instance set, the instruction and ``revision``, so a job
+    that exists already (same instances, same instruction) is not made again and is not returned.
     """
-    rows = select_series(index, study_instance_uid, route)
-    if rows is None:
+    group_by = GroupBy(group_by)
+    candidates = select_series(index, study_instance_uid, route, series_instance_uids)
+    if not candidates:
         logger.warning(
-            "study %s: no image series matches route '%s'; nothing to do", study_instance_uid, route.name
+            "study %s: no image series matches route '%s'%s; nothing to do",
+            study_instance_uid,
+            route.name,
+            "" if series_instance_uids is None else f" among the {len(series_instance_uids)} series asked",
         )
-        return None
+        return []
+    if group_by is GroupBy.STUDY:
+        candidates = candidates[:1]
+    job_ids = []
+    for rows in candidates:
+        job_id = _plan_series(index, study_instance_uid, rows, route, registry, revision)
+        if job_id is not None:
+            job_ids.append(job_id)
+    return job_ids
+
+
+def _plan_series(
+    index: Index,
+    study_instance_uid: str,
+    rows: list[sqlite3.Row],
+    route: Route,
+    registry: ToolRegistry,
+    revision: str,
+) -> str | None:
     attributes: dict[str, Any] = json.loads(rows[0]["attributes"])
     context = StudyContext(
         modality=attributes.get("Modality", ""),
@@ -84,11 +120,13 @@ def plan_study(
     )
     plan = RulesPlanner(registry).plan(route.instruction, context)
     series_instance_uid = rows[0]["series_instance_uid"]
-    job_id = hashlib.sha256(
-        "\n".join(
-            [study_instance_uid, series_instance_uid, _instance_set_digest(rows), route.instruction]
-        ).encode()
-    ).hexdigest()[:24]
+    identity = [
+        study_instance_uid,
+        series_instance_uid,
+        instances_digest(rows),
+        route.instruction,
+    ]
+    job_id = hashlib.sha256("\n".join(identity + ([revision] if revision else [])).encode()).hexdigest()[:24]
     created = index.create_job(
         job_id=job_id,
         study_instance_uid=study_instance_uid,
@@ -100,7 +138,10 @@ def plan_study(
     )
     if not created:
         logger.info(
-            "study %s: job %s exists already for these instances; not run again", study_instance_uid, job_id
+            "study %s series %s: job %s exists already for these instances; not made again",
+            study_instance_uid,
+            series_instance_uid,
+            job_id,
         )
         return None
     logger.info(
@@ -154,8 +195,12 @@ def run_action(
             image=volume.array,
             spacing=volume.spacing,
             modality=volume.modality,
-            row_direction=tuple(volume.row_direction),
-            column_direction=tuple(volume.column_direction),
+            row_direction=tuple(volume.row_direction)
+            if volume.row_direction is not None
+            else (1.0, 0.0, 0.0),
+            column_direction=(
+                tuple(volume.column_direction) if volume.column_direction is not None else (0.0, 1.0, 0.0)
+            ),
             body_part=str(volume.datasets[0].get("BodyPartExamined", "")),
             params=dict(action.API_params),
             instruction=job["instruction"],
@@ -201,15 +246,16 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
         if result.status is not ToolStatus.OK:
             errors.append(f"action {action_index} ({action.API_name}): {result.error}")
             continue
-        if not result.masks or not any(np.any(m) for m in result.masks.values()):
-            errors.append(f"action {action_index} ({action.API_name}) returned no mask to encode")
+        has_mask = any(np.any(m) for m in result.masks.values())
+        if not (has_mask or result.boxes or result.labels or result.text):
+            errors.append(f"action {action_index} ({action.API_name}) returned nothing to encode")
             continue
         try:
             volume = volume or load_job_volume(index, job)
             for note in volume.notes:
                 logger.info("job %s: %s", job_id, note)
-            objects = encode_segmentation_results(
-                volume, result, result.engine, result.engine_version, context
+            objects = encode_results(
+                volume, result, result.engine, result.engine_version, context, question=job["instruction"]
             )
         except Exception as exc:
             logger.exception("job %s: encoding the result of action %d failed", job_id, action_index)
