@@ -15,6 +15,12 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 	@$(PY) -c "import pathlib, dicom_node; assert pathlib.Path(dicom_node.__file__).resolve().parents[1] == pathlib.Path.cwd().resolve()" 2>/dev/null \
 		|| $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+# the viewer-side checks (tests/viewer) run dcmjs under Node.js; npm ci installs its pinned packages
+	@test -d tests/viewer/node_modules || ! command -v npm >/dev/null \
+		|| npm ci --prefix tests/viewer --no-audit --no-fund --loglevel=error
+# the OHIF checks (tests/ohif) drive Debian chromium with playwright-core; the OHIF build is fetched on first use
+	@test -d tests/ohif/node_modules || ! command -v npm >/dev/null \
+		|| npm ci --prefix tests/ohif --no-audit --no-fund --loglevel=error
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

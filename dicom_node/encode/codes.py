@@ -7,6 +7,7 @@ prompt never stops encoding.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -135,6 +136,7 @@ _GENERIC_PROCEDURES = {
     "NM": codes.LN.NMUnspecifiedBodyRegion,  # 49118-3
     "CR": codes.LN.XRUnspecifiedBodyRegion,  # 43468-8
     "DX": codes.LN.XRUnspecifiedBodyRegion,
+    "US": Code("25061-3", "LN", "US Unspecified body region"),
 }
 IMAGING_PROCEDURE = codes.cid100.ImagingProcedure  # SCT 363679005
 
@@ -154,3 +156,31 @@ def procedure_reported(source: Dataset) -> Code:
             if word in words:
                 return code
     return _GENERIC_PROCEDURES.get(modality, IMAGING_PROCEDURE)
+
+
+# TID 1500 report-level content: the Qualitative Evaluations container and what the node puts in it.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+FINDING = codes.DCM.Finding  # 121071
+IMPRESSION = codes.DCM.Impression  # 121073
+PROBABILITY = codes.DCM.Probability  # 122157
+NO_UNITS = Code("1", "UCUM", "no units")
+
+#: The node's own coding scheme, for concepts no public scheme has (a question put to the agent, its answer,
+#: a cited source). Declared in the Coding Scheme Identification Sequence of every SR that uses it.
+LOCAL_SCHEME = "99MEDAGENT"
+LOCAL_SCHEME_NAME = "MedAgent Node local codes"
+QUESTION = Code("MA0001", LOCAL_SCHEME, "Question")
+ANSWER = Code("MA0002", LOCAL_SCHEME, "Answer")
+CITATION = Code("MA0003", LOCAL_SCHEME, "Citation")
+CLASSIFICATION_LABEL_PREFIX = "MAL"
+
+
+def classification_code(label: str) -> Code:
+    """The code of a classification label: its SNOMED CT code where the structure table knows it, else a code
+    of the node's scheme whose value is a hash of the normalised label and whose meaning is the label."""
+    structure = structure_codes(label)
+    if structure.known and structure.laterality is None:
+        return structure.type
+    name = normalise_label(label)
+    value = CLASSIFICATION_LABEL_PREFIX + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12].upper()
+    return Code(value, LOCAL_SCHEME, str(label).strip()[:64])

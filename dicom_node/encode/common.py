@@ -28,6 +28,19 @@ if TYPE_CHECKING:
 _UID_PREFIX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
 _LONG_STRING = 64
 _FRAME_OF_REFERENCE_UID = Tag("FrameOfReferenceUID")
+VL_WHOLE_SLIDE_MICROSCOPY_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"
+# Type 2 in the Patient and General Study modules of every image IOD: absent means empty.
+_TYPE_2_PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 _PIXEL_DATA_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
 
 # Distinct colours, one per segment in segment order; the SEG, the SR viewer and the SC use the same.
@@ -117,6 +130,70 @@ class EncodedObject:
     dataset: Dataset
 
 
+def frame_shape(volume: Volume) -> tuple[int, int, int]:
+    """``(frames, rows, columns)`` of ``volume``: what a mask must be shaped like (colour samples excluded)."""
+    frames, rows, columns = volume.array.shape[:3]
+    return int(frames), int(rows), int(columns)
+
+
+def frame_sources(volume: Volume) -> list[tuple[Dataset, int | None]]:
+    """The source of each frame of ``volume``: ``(dataset, frame number)``, the number ``None`` for single-frame.
+
+    Uses ``volume.frame_sources`` where the loader provides it (multi-frame sources), else one dataset per
+    frame from ``volume.datasets``.
+    """
+    sources = getattr(volume, "frame_sources", None)
+    if sources:
+        return [(dataset, None if number is None else int(number)) for dataset, number in sources]
+    return [(dataset, None) for dataset in volume.datasets]
+
+
+def source_instances(volume: Volume) -> list[Dataset]:
+    """The distinct source instances of ``volume``, in frame order."""
+    seen: dict[str, Dataset] = {}
+    for dataset, _ in frame_sources(volume):
+        seen.setdefault(str(dataset.SOPInstanceUID), dataset)
+    return list(seen.values())
+
+
+def has_patient_geometry(dataset: Dataset) -> bool:
+    """Whether ``dataset`` is placed in a patient frame of reference (Image Position/Orientation (Patient))."""
+    if "FrameOfReferenceUID" not in dataset:
+        return False
+    if "ImagePositionPatient" in dataset and "ImageOrientationPatient" in dataset:
+        return True
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    return bool(shared) and "PlaneOrientationSequence" in shared[0]
+
+
+def is_tiled(dataset: Dataset) -> bool:
+    """Whether ``dataset`` is a tiled whole-slide image (its frames are tiles of a Total Pixel Matrix)."""
+    return "TotalPixelMatrixRows" in dataset and str(dataset.SOPClassUID) == VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
+
+
+def known_pixel_spacing(volume: Volume) -> tuple[float, float] | None:
+    """``(row spacing, column spacing)`` in mm, or ``None`` where the source gives none or zero.
+
+    Measurements in mm are only made with a known spacing (DESIGN.md 3.4: tools never guess it).
+    """
+    pixel_spacing = getattr(volume, "pixel_spacing", None)
+    if pixel_spacing is None and volume.spacing is not None:
+        pixel_spacing = volume.spacing[1:]
+    if pixel_spacing is not None and all(value and value > 0 for value in pixel_spacing):
+        return float(pixel_spacing[0]), float(pixel_spacing[1])
+    return None
+
+
+def knows_voxel_volume(volume: Volume) -> bool:
+    """Whether ``volume.voxel_volume_ml`` is known: a slice distance and a pixel spacing."""
+    return volume.spacing is not None and all(value and value > 0 for value in volume.spacing)
+
+
+def is_colour(volume: Volume) -> bool:
+    """Whether ``volume`` holds RGB frames ``[frame, row, column, 3]``."""
+    return bool(getattr(volume, "is_color", False)) or volume.array.ndim == 4
+
+
 def source_fingerprint(volume: Volume) -> str:
     """A hash of the source series' sorted SOP Instance UIDs: it changes when the series changes."""
     uids = sorted(str(d.SOPInstanceUID) for d in volume.datasets)
@@ -203,16 +280,23 @@ def add_contributing_equipment(
 
 
 def metadata_view(dataset: Dataset, frame_of_reference_uid: str | None = None) -> Dataset:
-    """A copy of ``dataset``'s public attributes without pixel data; changing it never changes the caller's.
+    """A copy of ``dataset``'s public attributes without pixel data, for highdicom to read.
 
-    With ``frame_of_reference_uid`` the view carries that Frame of Reference UID instead of its own (used
-    to give a series whose slices carry different FoR UIDs over one geometry a single frame of reference).
+    Elements are copied (sequences deeply) and values shared: replacing an element of the view never
+    changes the caller's dataset, and encoders never change a value in place. Type 2 patient and study
+    attributes the source lacks (PatientID on a whole-slide image, say) are added empty, as the standard
+    reads an absent Type 2 attribute. With ``frame_of_reference_uid`` the view carries that Frame of
+    Reference UID instead of its own (used to give a series whose slices carry different FoR UIDs over one
+    geometry a single frame of reference).
     """
     view = Dataset()
     for element in dataset:
         if element.tag.is_private or element.tag in _PIXEL_DATA_TAGS:
             continue
-        view.add(copy.deepcopy(element))
+        view.add(copy.deepcopy(element) if element.VR == "SQ" else copy.copy(element))
+    for keyword in _TYPE_2_PATIENT_AND_STUDY:
+        if keyword not in view:
+            setattr(view, keyword, None)
     if frame_of_reference_uid is not None:
         view[_FRAME_OF_REFERENCE_UID] = DataElement(_FRAME_OF_REFERENCE_UID, "UI", frame_of_reference_uid)
     if hasattr(dataset, "file_meta"):

@@ -1,39 +1,71 @@
-"""Comprehensive 3D SR, TID 1500 Measurement Report, of one segmentation result.
+"""Comprehensive 3D SR, TID 1500 Measurement Report, of any tool result (DESIGN.md 3.2, 3.5).
 
-Per structure with voxels it holds two measurement groups sharing one Tracking Identifier (the structure
-name) and one Tracking UID, the pair OHIF 3.13.2 opens cleanly (DESIGN.md 7):
+What a result holds becomes (every measurement group carries a 2D SCOORD, the rule OHIF 3.13.2 needs,
+DESIGN.md 7):
 
-* TID 1411 (volumetric): references the structure's SEG segment; Volume in ml (voxel count times
-  ``volume.voxel_volume_ml``, whose slice distance comes from the slice positions) and, for CT, the mean
-  attenuation in HU;
-* TID 1410 (planar): a closed 2D POLYLINE outlining the largest connected part of the structure on its key
-  slice (the slice where its area is largest), referencing that source image; the structure's Area on
-  that slice in mm2.
+* masks (with the SEG made of them), per structure with pixels, two groups sharing one Tracking Identifier
+  (the structure name) and one Tracking UID, the pair OHIF opens cleanly:
 
-Empty structures get no groups (a group without a 2D outline crashes OHIF); their segment stays in the SEG.
+  - sources in a patient frame of reference (CT, MR): TID 1411 (volumetric) referencing the SEG segment,
+    Volume in ml (voxel count times ``volume.voxel_volume_ml``, whose slice distance comes from the slice
+    positions) and, for CT, the mean attenuation in HU; single 2D images (CR, DX, US): TID 1410 referencing
+    the segment's SEG frame;
+  - TID 1410: a closed 2D POLYLINE outlining the largest connected part of the structure on its key frame
+    (where its area is largest), referencing that source frame, with the structure's Area there in mm2;
+
+* boxes (of a result without masks, e.g. grounding): one TID 1410 group per box, a closed POLYLINE
+  rectangle on its frame, Tracking Identifier = the box's label, its own Tracking UID, the detector's score
+  as Probability and the box area in mm2; the boxes that prompted a segmentation are left out, its
+  outlines show where the structures are;
+* labels (classification): CODE items "Finding" = the label in TID 1500's Qualitative Evaluations
+  container, each with its Probability as a NUM property (a measurement group without an ROI would crash
+  OHIF, so classifications are not put in one);
+* text: a report's sections as TEXT "Finding" / "Impression"; an answer (retrieval, VQA) as TEXT "Answer"
+  after the "Question", and each cited source as TEXT "Citation" (the node's coding scheme 99MEDAGENT,
+  declared in the Coding Scheme Identification Sequence).
+
+A result with no group of its own (a classification, a report, an answer) gets one TID 1410 group outlining
+its whole key frame (the middle one): dcmjs's MeasurementReport and several OHIF 3 releases read the Imaging
+Measurements container and the Image Library without checking that they exist. Empty structures get no
+groups; their segment stays in the SEG. Whole-slide images get no SR yet (a SCOORD on a slide needs slide
+coordinates). Measurements in mm are made only where the
+source gives a pixel spacing. The Image Library lists the images the SCOORDs point at; the evidence lists
+every source instance and the SEG. Completion PARTIAL and verification UNVERIFIED: AI output, unread.
 Image coordinates follow DICOM: (column, row), the top-left corner of the top-left pixel is (0, 0).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from scipy import ndimage
+from pydicom.sr.coding import Code
 
 from dicom_node.encode.codes import (
+    ANSWER,
     AREA,
     ATTENUATION_COEFFICIENT,
+    CITATION,
+    FINDING,
     HOUNSFIELD_UNIT,
+    IMPRESSION,
+    LOCAL_SCHEME,
+    LOCAL_SCHEME_NAME,
     MEAN,
     MILLILITER,
+    NO_UNITS,
+    PROBABILITY,
+    QUALITATIVE_EVALUATIONS,
+    QUESTION,
     SQUARE_MILLIMETER,
     VOLUME,
+    classification_code,
     procedure_reported,
     structure_codes,
 )
@@ -41,119 +73,80 @@ from dicom_node.encode.common import (
     EncodingContext,
     OutputKind,
     add_contributing_equipment,
+    derived_uid,
+    frame_shape,
+    frame_sources,
+    has_patient_geometry,
+    is_colour,
+    is_tiled,
+    known_pixel_spacing,
+    knows_voxel_volume,
     long_string,
     output_uids,
     series_number,
+    source_instances,
     tracking_uid,
 )
+from dicom_node.encode.outline import MAX_OUTLINE_POINTS, box_outline, key_slice, outline
 from dicom_node.encode.seg import checked_masks, result_entropy, segment_label
 from dicom_node.errors import EncodeError
 from dicom_node.uids import deterministic_uid
+from tools.base import ToolResult, ToolStatus
 
 if TYPE_CHECKING:
     from dicom_node.load import Volume
+    from tools.base import Box
 
 logger = logging.getLogger(__name__)
 
-MAX_OUTLINE_POINTS = 200
+__all__ = [
+    "MAX_OUTLINE_POINTS",
+    "encode_measurement_report",
+    "encode_sr",
+    "key_slice",
+    "outline",
+    "report_sections",
+]
+
 MeasurementGroup = (
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
 )
-
-# Moore neighbourhood, clockwise on screen (rows grow downwards), starting west.
-_NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1))
-
-
-def key_slice(mask: np.ndarray) -> int:
-    """Index of the slice where ``mask`` ([slice, row, column]) covers the most pixels (the first on ties)."""
-    return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
+_CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+_HAS_PROPERTIES = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
+_SECTION_HEADING = re.compile(r"^[ \t]*(findings?|impressions?)[ \t]*:[ \t]*", re.IGNORECASE | re.MULTILINE)
+_CITATION_FIELDS = ("title", "section", "source", "url", "reference", "text", "passage", "excerpt")
 
 
-def _largest_component(image: np.ndarray) -> np.ndarray:
-    labelled, count = ndimage.label(image, structure=np.ones((3, 3), bool))
-    if count <= 1:
-        return labelled > 0
-    sizes = ndimage.sum_labels(image, labelled, index=np.arange(1, count + 1))
-    return labelled == int(np.argmax(sizes)) + 1
+def report_sections(text: str) -> list[tuple[Code, str]]:
+    """A report's text as ``(Finding | Impression, section text)`` pairs, by its "Findings:" and
+    "Impression:" headings; text without headings is one Finding."""
+    matches = list(_SECTION_HEADING.finditer(text))
+    if not matches:
+        return [(FINDING, text.strip())] if text.strip() else []
+    sections = []
+    preamble = text[: matches[0].start()].strip()
+    if preamble:
+        sections.append((FINDING, preamble))
+    for match, following in zip(matches, [*matches[1:], None], strict=True):
+        body = text[match.end() : following.start() if following else len(text)].strip()
+        if body:
+            sections.append(
+                (IMPRESSION if match.group(1).lower().startswith("impression") else FINDING, body)
+            )
+    return sections
 
 
-def _trace_boundary(component: np.ndarray) -> list[tuple[int, int]]:
-    """Moore-neighbour tracing of one 8-connected component's outer boundary, as (row, column) pixels."""
-    padded = np.pad(component, 1)
-    rows, columns = np.nonzero(padded)
-    start = (int(rows[0]), int(columns[0]))  # top-most, then left-most: its west neighbour is background
-    boundary = [start]
-    current, entered_from = start, 0
-    second: tuple[int, int] | None = None
-    for _ in range(8 * padded.size):
-        for step in range(1, 9):
-            direction = (entered_from + step) % 8
-            candidate = (current[0] + _NEIGHBOURS[direction][0], current[1] + _NEIGHBOURS[direction][1])
-            if padded[candidate]:
-                previous = (entered_from + step - 1) % 8
-                background = (current[0] + _NEIGHBOURS[previous][0], current[1] + _NEIGHBOURS[previous][1])
-                offset = (background[0] - candidate[0], background[1] - candidate[1])
-                entered_from = _NEIGHBOURS.index(offset)
-                break
-        else:
-            return [(start[0] - 1, start[1] - 1)]  # a single pixel
-        if current == start and candidate == second:
-            break
-        if second is None:
-            second = candidate
-        current = candidate
-        boundary.append(current)
-    if len(boundary) > 1 and boundary[-1] == start:
-        boundary.pop()
-    return [(r - 1, c - 1) for r, c in boundary]
-
-
-def _simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
-    """Douglas-Peucker on an open polyline of (x, y) points, keeping both ends."""
-    keep = np.zeros(len(points), bool)
-    keep[0] = keep[-1] = True
-    stack = [(0, len(points) - 1)]
-    while stack:
-        first, last = stack.pop()
-        if last - first < 2:
-            continue
-        segment = points[last] - points[first]
-        inner = points[first + 1 : last] - points[first]
-        length = float(np.hypot(*segment))
-        if length == 0:
-            distances = np.hypot(inner[:, 0], inner[:, 1])
-        else:
-            distances = np.abs(segment[0] * inner[:, 1] - segment[1] * inner[:, 0]) / length
-        farthest = int(np.argmax(distances))
-        if distances[farthest] > tolerance:
-            middle = first + 1 + farthest
-            keep[middle] = True
-            stack += [(first, middle), (middle, last)]
-    return points[keep]
-
-
-def outline(image: np.ndarray, max_points: int = MAX_OUTLINE_POINTS) -> np.ndarray:
-    """Closed outline of the largest connected part of a 2D mask: (n, 2) (column, row), first == last.
-
-    Vertices are boundary pixel centres (x + 0.5, y + 0.5); a part too small to have an outline gets the
-    rectangle around it. At most ``max_points`` vertices, the closing one included.
-    """
-    component = _largest_component(np.asarray(image, bool))
-    if not component.any():
-        raise ValueError("Invalid 'image' value - the mask is empty, it has no outline")
-    boundary = np.array([(c + 0.5, r + 0.5) for r, c in _trace_boundary(component)], dtype=float)
-    if len(np.unique(boundary, axis=0)) < 3:
-        rows, columns = np.nonzero(component)
-        x0, x1, y0, y1 = columns.min(), columns.max() + 1.0, rows.min(), rows.max() + 1.0
-        boundary = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], dtype=float)
-    closed = np.vstack([boundary, boundary[:1]])
-    tolerance = 0.5
-    simplified = _simplify(closed, tolerance)
-    while len(simplified) > max_points:
-        tolerance *= 1.5
-        simplified = _simplify(closed, tolerance)
-    return simplified
+def citation_text(number: int, source: Mapping[str, str]) -> str:
+    """One cited source as text: ``[n] title; section; source/url; "passage"`` (fields it lacks left out)."""
+    parts = []
+    for key in _CITATION_FIELDS:
+        value = str(source.get(key, "") or "").strip()
+        if value:
+            parts.append(f'"{value}"' if key in ("text", "passage", "excerpt") else value)
+    others = sorted(set(source) - set(_CITATION_FIELDS))
+    parts += [f"{key}: {source[key]}" for key in others if str(source[key] or "").strip()]
+    return f"[{number}] " + "; ".join(parts)
 
 
 def _device_observer(context: EncodingContext) -> hd.sr.ObservationContext:
@@ -176,6 +169,68 @@ def _segment_numbers(seg: Dataset) -> dict[str, int]:
     return {str(item.SegmentLabel): int(item.SegmentNumber) for item in seg.SegmentSequence}
 
 
+def _region_source(volume: Volume, index: int) -> tuple[Dataset, hd.sr.SourceImageForRegion]:
+    dataset, frame_number = frame_sources(volume)[index]
+    return dataset, hd.sr.SourceImageForRegion(
+        dataset.SOPClassUID,
+        dataset.SOPInstanceUID,
+        referenced_frame_numbers=None if frame_number is None else [frame_number],
+    )
+
+
+def _frame_attribute(seg: Dataset, frame: Dataset, keyword: str) -> Dataset | None:
+    """A functional group of one SEG frame, per-frame or shared (highdicom shares what all frames share)."""
+    if keyword in frame:
+        return frame[keyword].value[0]
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    return shared[keyword].value[0] if keyword in shared else None
+
+
+def _seg_frame_number(seg: Dataset, segment_number: int, dataset: Dataset, frame_number: int | None) -> int:
+    """The SEG frame of ``segment_number`` derived from ``dataset`` (frame ``frame_number``)."""
+    frames = seg.get("PerFrameFunctionalGroupsSequence") or [Dataset()] * int(seg.NumberOfFrames)
+    for number, frame in enumerate(frames, start=1):
+        segment = _frame_attribute(seg, frame, "SegmentIdentificationSequence")
+        if segment is None or int(segment.ReferencedSegmentNumber) != segment_number:
+            continue
+        derivation = _frame_attribute(seg, frame, "DerivationImageSequence")
+        for source in derivation.SourceImageSequence if derivation is not None else []:
+            if source.ReferencedSOPInstanceUID != dataset.SOPInstanceUID:
+                continue
+            if frame_number is None or int(source.get("ReferencedFrameNumber", 1)) == frame_number:
+                return number
+    raise EncodeError(
+        f"Invalid 'seg' value {seg.SOPInstanceUID} - segment {segment_number} has no frame derived from "
+        f"{dataset.SOPInstanceUID}"
+    )
+
+
+def _drop_segment_number_beside_frame_number(group: MeasurementGroup) -> None:
+    """Remove Referenced Segment Number from a Referenced Segmentation Frame item that has a Referenced Frame
+    Number: the Image SOP Instance Reference Macro forbids both (the frame implies the segment), highdicom
+    writes both."""
+    for item in group[0].ContentSequence:
+        if item.ValueType == "IMAGE" and item.ConceptNameCodeSequence[0].CodeValue == "121214":
+            reference = item.ReferencedSOPSequence[0]
+            if "ReferencedFrameNumber" in reference and "ReferencedSegmentNumber" in reference:
+                del reference.ReferencedSegmentNumber
+
+
+def _area_measurement(
+    pixels: float, spacing: tuple[float, float] | None, algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    if spacing is None:
+        return []
+    return [
+        hd.sr.Measurement(
+            name=AREA,
+            value=round(pixels * spacing[0] * spacing[1], 1),
+            unit=SQUARE_MILLIMETER,
+            algorithm_id=algorithm,
+        )
+    ]
+
+
 def _structure_groups(
     volume: Volume,
     seg: Dataset,
@@ -192,65 +247,402 @@ def _structure_groups(
         else None
     )
     tracking = hd.sr.TrackingIdentifier(uid=uid, identifier=segment_label(label))
-    voxel_count = int(np.count_nonzero(mask))
-    measurements = [
-        hd.sr.Measurement(
-            name=VOLUME,
-            value=round(voxel_count * volume.voxel_volume_ml, 3),
-            unit=MILLILITER,
+    spacing = known_pixel_spacing(volume)
+    index = key_slice(mask)
+    dataset, region_source = _region_source(volume, index)
+    if has_patient_geometry(dataset):
+        measurements = []
+        if knows_voxel_volume(volume):
+            measurements.append(
+                hd.sr.Measurement(
+                    name=VOLUME,
+                    value=round(int(np.count_nonzero(mask)) * volume.voxel_volume_ml, 3),
+                    unit=MILLILITER,
+                    algorithm_id=algorithm,
+                )
+            )
+        if volume.modality.upper() == "CT" and not is_colour(volume):
+            measurements.append(
+                hd.sr.Measurement(
+                    name=ATTENUATION_COEFFICIENT,
+                    value=round(float(volume.array[mask].mean()), 1),
+                    unit=HOUNSFIELD_UNIT,
+                    derivation=MEAN,
+                    algorithm_id=algorithm,
+                )
+            )
+        segment_group: MeasurementGroup = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID,
+                sop_instance_uid=seg.SOPInstanceUID,
+                segment_number=segment_number,
+                source_images=[
+                    hd.sr.SourceImageForSegmentation(d.SOPClassUID, d.SOPInstanceUID)
+                    for d in source_instances(volume)
+                ],
+            ),
+            finding_type=structure.type,
+            finding_category=structure.category,
+            finding_sites=finding_sites,
+            algorithm_id=algorithm,
+            measurements=measurements,
+        )
+    else:
+        frame_number = frame_sources(volume)[index][1]
+        segment_group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=hd.sr.ReferencedSegmentationFrame(
+                sop_class_uid=seg.SOPClassUID,
+                sop_instance_uid=seg.SOPInstanceUID,
+                frame_number=_seg_frame_number(seg, segment_number, dataset, frame_number),
+                segment_number=segment_number,
+                source_image=hd.sr.SourceImageForSegmentation(
+                    dataset.SOPClassUID,
+                    dataset.SOPInstanceUID,
+                    referenced_frame_numbers=None if frame_number is None else [frame_number],
+                ),
+            ),
+            finding_type=structure.type,
+            finding_category=structure.category,
+            finding_sites=finding_sites,
             algorithm_id=algorithm,
         )
-    ]
-    if volume.modality.upper() == "CT":
-        measurements.append(
-            hd.sr.Measurement(
-                name=ATTENUATION_COEFFICIENT,
-                value=round(float(volume.array[mask].mean()), 1),
-                unit=HOUNSFIELD_UNIT,
-                derivation=MEAN,
-                algorithm_id=algorithm,
-            )
-        )
-    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=segment_number,
-            source_images=[
-                hd.sr.SourceImageForSegmentation(d.SOPClassUID, d.SOPInstanceUID) for d in volume.datasets
-            ],
-        ),
-        finding_type=structure.type,
-        finding_category=structure.category,
-        finding_sites=finding_sites,
-        algorithm_id=algorithm,
-        measurements=measurements,
-    )
-    index = key_slice(mask)
-    source = volume.datasets[index]
-    _, row_spacing, column_spacing = volume.spacing
+        _drop_segment_number_beside_frame_number(segment_group)
     planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=outline(mask[index]),
-            source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+            source_image=region_source,
         ),
         finding_type=structure.type,
         finding_category=structure.category,
         finding_sites=finding_sites,
         algorithm_id=algorithm,
-        measurements=[
+        measurements=_area_measurement(int(np.count_nonzero(mask[index])), spacing, algorithm),
+    )
+    return [segment_group, planar]
+
+
+def _box_group(
+    volume: Volume,
+    box: Box,
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid: str,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    frames, rows, columns = frame_shape(volume)
+    if not 0 <= box.frame < frames:
+        raise EncodeError(
+            f"Invalid box '{box.label}' frame {box.frame} - the volume has frames 0 to {frames - 1}"
+        )
+    x0, y0, x1, y1 = box.xyxy
+    if not (0 <= x0 <= x1 < columns and 0 <= y0 <= y1 < rows):
+        raise EncodeError(
+            f"Invalid box '{box.label}' {tuple(box.xyxy)} - must lie within the {columns} x {rows} image"
+        )
+    structure = structure_codes(box.label)
+    _, region_source = _region_source(volume, box.frame)
+    measurements = [
+        hd.sr.Measurement(
+            name=PROBABILITY, value=round(float(box.score), 4), unit=NO_UNITS, algorithm_id=algorithm
+        )
+    ]
+    measurements += _area_measurement(
+        (x1 - x0 + 1.0) * (y1 - y0 + 1.0), known_pixel_spacing(volume), algorithm
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=long_string(box.label.strip())),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=box_outline(box.xyxy),
+            source_image=region_source,
+        ),
+        finding_type=structure.type,
+        finding_category=structure.category,
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def _whole_image_group(
+    volume: Volume,
+    result: ToolResult,
+    question: str | None,
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid: str,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A TID 1410 group outlining the whole key frame (the middle one), for a result about the image as a
+    whole (classification, report, answer).
+
+    Viewers need one: dcmjs's MeasurementReport and several OHIF 3 releases read the Imaging Measurements
+    container and its Image Library without checking that they exist. The group carries the most probable
+    label as its finding and probability; everything else is in the Qualitative Evaluations container.
+    """
+    frames, rows, columns = frame_shape(volume)
+    _, region_source = _region_source(volume, frames // 2)
+    finding, measurements = None, []
+    if result.labels:
+        label = min(result.labels, key=lambda name: (-float(result.labels[name]), name))
+        finding = classification_code(label)
+        identifier = long_string(f"AI classification: {label.strip()}")
+        measurements = [
             hd.sr.Measurement(
-                name=AREA,
-                value=round(int(np.count_nonzero(mask[index])) * row_spacing * column_spacing, 1),
-                unit=SQUARE_MILLIMETER,
+                name=PROBABILITY,
+                value=round(float(result.labels[label]), 4),
+                unit=NO_UNITS,
                 algorithm_id=algorithm,
             )
-        ],
+        ]
+    elif result.sources or question:
+        identifier = "AI answer"
+    else:
+        identifier = "AI report"
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=box_outline((0.0, 0.0, columns - 1.0, rows - 1.0)),
+            source_image=region_source,
+        ),
+        finding_type=finding,
+        algorithm_id=algorithm,
+        measurements=measurements,
     )
-    return [volumetric, planar]
+
+
+def _qualitative_evaluations(result: ToolResult, question: str | None) -> list[hd.sr.ContentItem]:
+    """The items of TID 1500's Qualitative Evaluations container, in a fixed order."""
+    items: list[hd.sr.ContentItem] = []
+    for label in sorted(result.labels, key=lambda name: (-float(result.labels[name]), name)):
+        probability = float(result.labels[label])
+        if not 0.0 <= probability <= 1.0:
+            raise EncodeError(f"Invalid probability {probability} of label '{label}' - must be within 0..1")
+        evaluation = hd.sr.QualitativeEvaluation(name=FINDING, value=classification_code(label))[0]
+        evaluation.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.NumContentItem(
+                    name=PROBABILITY,
+                    value=round(probability, 4),
+                    unit=NO_UNITS,
+                    relationship_type=_HAS_PROPERTIES,
+                )
+            ]
+        )
+        items.append(evaluation)
+    text = result.text.strip()
+    if question and question.strip():
+        items.append(
+            hd.sr.TextContentItem(name=QUESTION, value=question.strip(), relationship_type=_CONTAINS)
+        )
+    if text and (result.sources or question):
+        items.append(hd.sr.TextContentItem(name=ANSWER, value=text, relationship_type=_CONTAINS))
+    elif text:
+        for concept, section in report_sections(text):
+            items.append(hd.sr.TextContentItem(name=concept, value=section, relationship_type=_CONTAINS))
+    for number, source in enumerate(result.sources, start=1):
+        items.append(
+            hd.sr.TextContentItem(
+                name=CITATION, value=citation_text(number, source), relationship_type=_CONTAINS
+            )
+        )
+    return items
+
+
+def _uses_local_codes(items: Sequence[Dataset]) -> bool:
+    for item in items:
+        for keyword in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+            if any(code.CodingSchemeDesignator == LOCAL_SCHEME for code in item.get(keyword, [])):
+                return True
+        if _uses_local_codes(item.get("ContentSequence", [])):
+            return True
+    return False
+
+
+def _report_content(
+    volume: Volume,
+    context: EncodingContext,
+    groups: Sequence[MeasurementGroup],
+    evaluations: Sequence[hd.sr.ContentItem],
+    referenced_images: Sequence[Dataset],
+) -> hd.sr.ContentSequence:
+    """The TID 1500 root container: language, device observer, procedure reported, image library, imaging
+    measurements (when there are groups), qualitative evaluations (when there are any)."""
+    root = hd.sr.ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
+    content = hd.sr.ContentSequence()
+    content.extend(hd.sr.LanguageOfContentItemAndDescendants(hd.sr.templates.DEFAULT_LANGUAGE))
+    content.extend(_device_observer(context))
+    content.append(
+        hd.sr.CodeContentItem(
+            name=codes.DCM.ProcedureReported,
+            value=procedure_reported(volume.datasets[0]),
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+        )
+    )
+    described = [image for image in referenced_images if _describable(image)]
+    if described:
+        content.extend(hd.sr.ImageLibrary(described))
+    if groups:
+        measurements = hd.sr.ContainerContentItem(
+            name=codes.DCM.ImagingMeasurements, relationship_type=_CONTAINS
+        )
+        measurements.ContentSequence = hd.sr.ContentSequence()
+        for group in groups:
+            measurements.ContentSequence.extend(group)
+        content.append(measurements)
+    if evaluations:
+        container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=_CONTAINS)
+        container.ContentSequence = hd.sr.ContentSequence(list(evaluations))
+        content.append(container)
+    root.ContentSequence = content
+    return hd.sr.ContentSequence([root], is_root=True)
+
+
+def _describable(image: Dataset) -> bool:
+    """Whether highdicom can write ``image``'s Image Library entry (TID 1601); a projection radiograph
+    needs Imager Pixel Spacing and Patient Orientation, which some lack (the entry is then left out)."""
+    try:
+        hd.sr.ImageLibraryEntryDescriptors(image)
+    except (AttributeError, IndexError, ValueError) as exc:
+        logger.info("image %s has no Image Library entry: %s", image.SOPInstanceUID, exc)
+        return False
+    return True
+
+
+def _referenced_images(volume: Volume, groups: Sequence[MeasurementGroup]) -> list[Dataset]:
+    """The source instances the groups' SCOORDs point at, in frame order (the Image Library's entries)."""
+    referenced = set()
+    for group in groups:
+        region = (
+            group.roi if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) else None
+        )
+        if region is not None:
+            referenced.add(str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+    return [d for d in source_instances(volume) if str(d.SOPInstanceUID) in referenced]
+
+
+def report_entropy(
+    result: ToolResult, algorithm_name: str, algorithm_version: str, question: str | None
+) -> tuple:
+    """What distinguishes one report on a series from another: algorithm, structures, box and class labels,
+    the question; not the answer text, so a rerun of a job writes the same SR UIDs."""
+    labels = sorted(result.masks)
+    extra = []
+    if result.boxes:
+        extra.append("boxes:" + "\\".join(sorted({box.label for box in result.boxes})))
+    if result.labels:
+        extra.append("labels:" + "\\".join(sorted(result.labels)))
+    if question:
+        extra.append("question:" + question.strip())
+    if result.text and not (result.masks or result.boxes or result.labels):
+        extra.append("text")
+    return (*result_entropy(algorithm_name, algorithm_version, labels), *extra)
+
+
+def encode_measurement_report(
+    volume: Volume,
+    result: ToolResult,
+    algorithm_name: str,
+    algorithm_version: str,
+    context: EncodingContext,
+    *,
+    seg: Dataset | None = None,
+    question: str | None = None,
+) -> Dataset:
+    """A TID 1500 Measurement Report of ``result`` over ``volume`` (what goes where: the module docstring).
+
+    ``seg`` is the SEG ``encode_seg`` made of ``result.masks``; it is needed when a mask has pixels.
+    ``question`` is the question a VQA or retrieval answer (``result.text``) answers. ``EncodeError`` when
+    the result holds nothing to report, or its masks, boxes or labels do not fit the volume.
+    """
+    if result.status is not ToolStatus.OK:
+        raise EncodeError(f"Invalid 'result' - its status is {result.status.value}, not ok: {result.error}")
+    if any(is_tiled(dataset) for dataset in source_instances(volume)):
+        raise EncodeError("cannot build an SR over a tiled whole-slide image yet; its SEG carries the result")
+    checked = checked_masks(volume, result.masks) if result.masks else {}
+    labels = list(checked)
+    with_pixels = [label for label in labels if checked[label].any()]
+    if with_pixels and seg is None:
+        raise EncodeError(
+            "Invalid 'seg' value None - the SEG of the masks is needed to reference its segments"
+        )
+    segment_numbers = _segment_numbers(seg) if with_pixels and seg is not None else {}
+    missing = [label for label in with_pixels if segment_label(label) not in segment_numbers]
+    if missing:
+        raise EncodeError(
+            f"Invalid 'seg' value {seg.SOPInstanceUID} - it has no segment labelled {', '.join(missing)}"  # type: ignore[union-attr]
+        )
+    entropy = report_entropy(result, algorithm_name, algorithm_version, question)
+    series_instance_uid, sop_instance_uid = output_uids(context, volume, OutputKind.SR, *entropy)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=long_string(algorithm_name), version=long_string(algorithm_version)
+    )
+    groups: list[MeasurementGroup] = []
+    for number, label in enumerate(labels, start=1):
+        if label not in with_pixels:
+            logger.info("SR %s: structure %d is empty; no measurement group", sop_instance_uid, number)
+            continue
+        groups += _structure_groups(
+            volume,
+            seg,  # type: ignore[arg-type]
+            segment_numbers[segment_label(label)],
+            label,
+            checked[label],
+            algorithm,
+            tracking_uid(context, volume, label, algorithm_name, algorithm_version),
+        )
+    # Boxes that prompted a segmentation are not findings of their own: the structure's outline shows where
+    # it is, and a group per box and slice floods the viewer (OHIF lists them all and asks to track them).
+    boxes = [] if with_pixels else sorted(result.boxes, key=lambda b: (b.frame, b.label, tuple(b.xyxy)))
+    for box in boxes:
+        uid = derived_uid(
+            context, volume, "box", box.label, box.frame, box.xyxy, algorithm_name, algorithm_version
+        )
+        groups.append(_box_group(volume, box, algorithm, uid))
+    evaluations = _qualitative_evaluations(result, question)
+    if not groups and not evaluations:
+        raise EncodeError(
+            "Invalid 'result' - it holds no structure with pixels, no box, no label and no text: nothing to report"
+        )
+    if not groups:
+        uid = derived_uid(context, volume, "whole image", *entropy)
+        groups.append(_whole_image_group(volume, result, question, algorithm, uid))
+    seg_evidence = [seg] if seg is not None and with_pixels else []
+    try:
+        document = hd.sr.Comprehensive3DSR(
+            evidence=[*source_instances(volume), *seg_evidence],
+            content=_report_content(volume, context, groups, evaluations, _referenced_images(volume, groups)),
+            series_instance_uid=series_instance_uid,
+            series_number=series_number(context, OutputKind.SR),
+            sop_instance_uid=sop_instance_uid,
+            instance_number=1,
+            manufacturer=context.manufacturer,
+            institution_name=context.institution_name,
+            is_complete=False,
+            is_verified=False,
+            series_description=long_string(f"AI results ({algorithm_name})"),
+            manufacturer_model_name=context.model_name,
+            software_versions=long_string(context.software_version),
+            device_serial_number=context.node_ae_title.strip(),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodeError(f"cannot build an SR over series {volume.series_instance_uid}: {exc}") from exc
+    if _uses_local_codes(document.ContentSequence):
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = LOCAL_SCHEME
+        scheme.CodingSchemeName = LOCAL_SCHEME_NAME
+        scheme.CodingSchemeResponsibleOrganization = long_string(context.manufacturer)
+        document.CodingSchemeIdentificationSequence = [scheme]
+    add_contributing_equipment(document, context, algorithm_name, algorithm_version)
+    logger.info(
+        "SR %s: %d measurement groups, %d qualitative evaluations over series %s%s",
+        sop_instance_uid,
+        len(groups),
+        len(evaluations),
+        volume.series_instance_uid,
+        f", SEG {seg.SOPInstanceUID}" if seg_evidence else "",
+    )
+    return document
 
 
 def encode_sr(
@@ -261,71 +653,12 @@ def encode_sr(
     algorithm_version: str,
     context: EncodingContext,
 ) -> Dataset:
-    """A TID 1500 Measurement Report of ``masks`` over ``volume``, referencing ``seg`` (from ``encode_seg``).
+    """A TID 1500 Measurement Report of a segmentation (``masks`` over ``volume``), referencing ``seg``.
 
-    The evidence lists every source slice and the SEG. Completion PARTIAL, verification UNVERIFIED.
-    ``EncodeError`` when every mask is empty (TID 1500 needs at least one measurement group).
+    ``EncodeError`` when every mask is empty (there is nothing to measure).
     """
     checked = checked_masks(volume, masks)
-    labels = list(checked)
     if not any(mask.any() for mask in checked.values()):
         raise EncodeError("Invalid 'masks' value - every structure is empty, there is nothing to measure")
-    segment_numbers = _segment_numbers(seg)
-    missing = [label for label in labels if segment_label(label) not in segment_numbers]
-    if missing:
-        raise EncodeError(
-            f"Invalid 'seg' value {seg.SOPInstanceUID} - it has no segment labelled {', '.join(missing)}"
-        )
-    entropy = result_entropy(algorithm_name, algorithm_version, labels)
-    series_instance_uid, sop_instance_uid = output_uids(context, volume, OutputKind.SR, *entropy)
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=long_string(algorithm_name), version=long_string(algorithm_version)
-    )
-    groups: list[MeasurementGroup] = []
-    for number, label in enumerate(labels, start=1):
-        if not checked[label].any():
-            logger.info("SR %s: structure %d is empty; no measurement group", sop_instance_uid, number)
-            continue
-        groups += _structure_groups(
-            volume,
-            seg,
-            segment_numbers[segment_label(label)],
-            label,
-            checked[label],
-            algorithm,
-            tracking_uid(context, volume, label, algorithm_name, algorithm_version),
-        )
-    try:
-        report = hd.sr.MeasurementReport(
-            observation_context=_device_observer(context),
-            procedure_reported=procedure_reported(volume.datasets[0]),
-            imaging_measurements=groups,
-            referenced_images=volume.datasets,
-        )
-        document = hd.sr.Comprehensive3DSR(
-            evidence=[*volume.datasets, seg],
-            content=report,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number(context, OutputKind.SR),
-            sop_instance_uid=sop_instance_uid,
-            instance_number=1,
-            manufacturer=context.manufacturer,
-            institution_name=context.institution_name,
-            is_complete=False,
-            is_verified=False,
-            series_description=long_string(f"AI measurements ({algorithm_name})"),
-            manufacturer_model_name=context.model_name,
-            software_versions=long_string(context.software_version),
-            device_serial_number=context.node_ae_title.strip(),
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodeError(f"cannot build an SR over series {volume.series_instance_uid}: {exc}") from exc
-    add_contributing_equipment(document, context, algorithm_name, algorithm_version)
-    logger.info(
-        "SR %s: %d measurement groups over series %s, SEG %s",
-        sop_instance_uid,
-        len(groups),
-        volume.series_instance_uid,
-        seg.SOPInstanceUID,
-    )
-    return document
+    result = ToolResult(status=ToolStatus.OK, masks=dict(masks))
+    return encode_measurement_report(volume, result, algorithm_name, algorithm_version, context, seg=seg)

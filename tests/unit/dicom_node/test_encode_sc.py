@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from dicom_node.encode import OutputKind, encode_segmentation_results
-from dicom_node.encode.common import metadata_view, segment_color
+from dicom_node.encode.common import segment_color
 from dicom_node.encode.sc import LUNG_WINDOW, display_window, encode_sc, render_grey
 from dicom_node.encode.sr import encode_sr
 from dicom_node.errors import EncodeError
@@ -119,13 +119,8 @@ def test_sc_windows_lungs_with_the_lung_window_and_inverts_monochrome1(chest_ct)
     assert display_window(chest_ct, ["body"], 0) == (-450.0, 2000.0)
     index = 27
     normal = render_grey(chest_ct, index, LUNG_WINDOW)
-    inverted_source = metadata_view(chest_ct.datasets[index])
-    inverted_source.PhotometricInterpretation = "MONOCHROME1"
-    datasets = list(chest_ct.datasets)
-    datasets[index] = inverted_source
-    inverted = render_grey(dataclasses.replace(chest_ct, datasets=datasets), index, LUNG_WINDOW)
+    inverted = render_grey(dataclasses.replace(chest_ct, inverted=True), index, LUNG_WINDOW)
     assert np.abs(inverted.astype(int) - (255 - normal.astype(int))).max() <= 1  # rounding after inversion
-    assert chest_ct.datasets[index].PhotometricInterpretation == "MONOCHROME2"
 
 
 def test_sc_is_deterministic(chest_ct, lung_masks, nodule_box, encoding_context, sc) -> None:
@@ -170,6 +165,87 @@ def test_segmentation_results_become_seg_then_sr_then_sc(chest_ct, lung_masks, e
         boxes=[Box(label="nodule", frame=3, xyxy=(1, 1, 9, 9), score=0.5, rows=512, columns=512)],
     )
     objects = encode_segmentation_results(chest_ct, boxes_only, "grounding", "1", encoding_context)
-    assert [o.kind for o in objects] == [OutputKind.SC]
-    key_image = objects[0].dataset
+    assert [o.kind for o in objects] == [OutputKind.SR, OutputKind.SC]
+    key_image = objects[1].dataset
     assert key_image.SourceImageSequence[0].ReferencedSOPInstanceUID == chest_ct.datasets[3].SOPInstanceUID
+
+
+def test_sc_records_the_burned_in_overlay(sc) -> None:
+    assert list(sc.ImageType) == ["DERIVED", "SECONDARY"]
+    assert sc.ImageComments == "AI overlay burned in"
+    assert sc.BurnedInAnnotation == "NO"  # the legend names structures, nothing that identifies the patient
+
+
+def _untouched(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixels away from the mask (and its outline) and from the legend in the top-left corner."""
+    away = ~ndimage.binary_dilation(mask, iterations=4)
+    away[: pixels.shape[0] // 8, : pixels.shape[1] // 3] = False
+    return away
+
+
+def test_sc_of_the_monochrome1_radiograph_uses_its_window_and_shows_lungs_dark(
+    chest_cr, cr_lung_mask, encoding_context, tmp_path, dciodvfy
+) -> None:
+    dataset = encode_sc(chest_cr, {"lung": cr_lung_mask}, [], "threshold", "1", encoding_context)
+    path = tmp_path / "sc.dcm"
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    sc = pydicom.dcmread(path)
+    source = chest_cr.datasets[0]
+    assert sc.pixel_array.shape == (1955, 1841, 3)
+    assert list(sc.PatientOrientation) == ["L", "F"]
+    assert (sc.PatientName, sc.PatientID, sc.BodyPartExamined) == (
+        source.PatientName,
+        source.PatientID,
+        "CHEST",
+    )
+    assert "PixelSpacing" not in sc  # the source says 0.000: unknown
+    center, width = float(source.WindowCenter), float(source.WindowWidth)
+    raw = chest_cr.array[0]
+    expected = 255 - np.round(np.clip((raw - (center - width / 2)) / width, 0, 1) * 255)
+    away = _untouched(sc.pixel_array, cr_lung_mask[0])
+    assert np.abs(sc.pixel_array[away][:, 0].astype(int) - expected[away]).max() <= 1
+    lungs = ndimage.binary_erosion(cr_lung_mask[0], iterations=10)
+    assert sc.pixel_array[lungs].mean() < sc.pixel_array[away].mean()  # air is dark after inversion
+
+
+@pytest.mark.parametrize(
+    "volume_name, mask_name", [("us_rgb", "lymph_node_mask"), ("us_palette", "sector_mask")]
+)
+def test_sc_of_colour_ultrasound_is_in_colour_and_flags_its_burned_in_text(
+    volume_name, mask_name, request, encoding_context, tmp_path, dciodvfy
+) -> None:
+    volume, mask = request.getfixturevalue(volume_name), request.getfixturevalue(mask_name)
+    dataset = encode_sc(volume, {"lesion": mask}, [], "threshold", "1", encoding_context)
+    path = tmp_path / "sc.dcm"
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    sc = pydicom.dcmread(path)
+    away = _untouched(sc.pixel_array, mask[0])
+    np.testing.assert_array_equal(sc.pixel_array[away], volume.array[0][away])
+    assert np.any(volume.array[0][..., 0] != volume.array[0][..., 2])  # really in colour
+    assert sc.BurnedInAnnotation == "YES"  # the ultrasound's own burned-in header is copied
+    assert sc.Modality == "OT" and sc.StudyInstanceUID == volume.study_instance_uid
+
+
+def test_sc_renders_a_colour_source_behind_a_grey_volume(us_palette, sector_mask, encoding_context) -> None:
+    grey = dataclasses.replace(
+        us_palette, array=us_palette.array.mean(axis=-1).astype(np.float32), is_color=False
+    )
+    from_source = encode_sc(grey, {"lesion": sector_mask}, [], "threshold", "1", encoding_context)
+    from_volume = encode_sc(us_palette, {"lesion": sector_mask}, [], "threshold", "1", encoding_context)
+    np.testing.assert_array_equal(from_source.pixel_array, from_volume.pixel_array)
+
+
+def test_sc_of_the_whole_slide_image_shows_its_tissue(
+    whole_slide, tissue_mask, encoding_context, tmp_path, dciodvfy
+) -> None:
+    dataset = encode_sc(whole_slide, {"tissue": tissue_mask}, [], "threshold", "1", encoding_context)
+    path = tmp_path / "sc.dcm"
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    sc = pydicom.dcmread(path)
+    assert sc.pixel_array.shape == (1483, 1110, 3)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == whole_slide.datasets[0].SOPInstanceUID
+    away = _untouched(sc.pixel_array, tissue_mask[0])
+    np.testing.assert_array_equal(sc.pixel_array[away], whole_slide.array[0][away])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -10,10 +12,13 @@ from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 from scipy import ndimage
 
+from dicom_node.encode.codes import FINDING
 from dicom_node.encode.seg import encode_seg
-from dicom_node.encode.sr import encode_sr, key_slice, outline
+from dicom_node.encode.sr import encode_measurement_report, encode_sr, key_slice, outline, report_sections
+from dicom_node.errors import EncodeError
 from dicom_node.load import load_volume
 from tests.unit.dicom_node.conftest import ALGORITHM_NAME, ALGORITHM_VERSION, all_uids, dciodvfy_output
+from tools.base import Box, ToolResult, ToolStatus
 
 ROW_SPACING = COLUMN_SPACING = 0.78125
 SLICE_DISTANCE = 5.0  # the slices are 1 mm thick but 5 mm apart
@@ -172,3 +177,218 @@ def test_outline_of_small_shapes_is_closed() -> None:
     assert len(points) <= 200 and np.array_equal(points[0], points[-1])
     with pytest.raises(ValueError, match="empty"):
         outline(np.zeros((4, 4), bool))
+
+
+def _items(dataset, meaning):
+    """Content items anywhere in the tree whose concept name is ``meaning``."""
+    found = []
+    for item in dataset.get("ContentSequence", []):
+        if "ConceptNameCodeSequence" in item and item.ConceptNameCodeSequence[0].CodeMeaning == meaning:
+            found.append(item)
+        found += _items(item, meaning)
+    return found
+
+
+def _groups(dataset):
+    return _items(dataset, "Measurement Group")
+
+
+def _every_group_has_a_2d_scoord(dataset) -> bool:
+    """The rule OHIF 3.13.2 needs (DESIGN.md 7): a 2D SCOORD in every measurement group."""
+    return all(
+        any(item.ValueType == "SCOORD" for item in group.ContentSequence) for group in _groups(dataset)
+    )
+
+
+def _write_read(dataset, tmp_path, name="sr.dcm"):
+    path = tmp_path / name
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    return path, pydicom.dcmread(path)
+
+
+def _group_values(group):
+    values = {}
+    for item in group.ContentSequence:
+        if item.ValueType == "TEXT":
+            values[item.ConceptNameCodeSequence[0].CodeMeaning] = item.TextValue
+        elif item.ValueType == "NUM":
+            values[item.ConceptNameCodeSequence[0].CodeMeaning] = float(
+                item.MeasuredValueSequence[0].NumericValue
+            )
+    return values
+
+
+def test_boxes_become_closed_polyline_rectangles_one_group_per_box(
+    chest_ct, lung_masks, encoding_context, tmp_path, dciodvfy
+) -> None:
+    index = key_slice(lung_masks["left lung"])
+    boxes = [
+        Box(label="nodule", frame=index, xyxy=(40, 60, 120, 140), score=0.8125, rows=512, columns=512),
+        Box(label="nodule", frame=index + 1, xyxy=(300, 200, 330, 260), score=0.5, rows=512, columns=512),
+        Box(label="mass", frame=index, xyxy=(10, 10, 19, 29), score=0.25, rows=512, columns=512),
+    ]
+    result = ToolResult(status=ToolStatus.OK, boxes=boxes)
+    path, sr = _write_read(
+        encode_measurement_report(chest_ct, result, "Grounding", "1", encoding_context), tmp_path
+    )
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    groups = _groups(sr)
+    assert len(groups) == 3 and _every_group_has_a_2d_scoord(sr)
+    by_box = {}
+    for group in groups:
+        scoord = next(item for item in group.ContentSequence if item.ValueType == "SCOORD")
+        points = np.array(scoord.GraphicData, dtype=float).reshape(-1, 2)
+        referenced = scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        by_box[(referenced, tuple(points.min(axis=0)))] = (scoord, points, _group_values(group))
+    uids = set()
+    for box in boxes:
+        x0, y0, x1, y1 = box.xyxy
+        scoord, points, values = by_box[(chest_ct.datasets[box.frame].SOPInstanceUID, (x0, y0))]
+        assert scoord.GraphicType == "POLYLINE"
+        np.testing.assert_array_equal(
+            points, [[x0, y0], [x1 + 1, y0], [x1 + 1, y1 + 1], [x0, y1 + 1], [x0, y0]]
+        )
+        assert values["Tracking Identifier"] == box.label
+        assert values["Probability"] == pytest.approx(box.score)
+        assert values["Area"] == pytest.approx(
+            (x1 - x0 + 1) * (y1 - y0 + 1) * ROW_SPACING * COLUMN_SPACING, abs=0.06
+        )
+        uids.add(values["Tracking Identifier"])
+    tracking_uids = {
+        item.UID for group in groups for item in group.ContentSequence if item.ValueType == "UIDREF"
+    }
+    assert len(tracking_uids) == 3
+    with pytest.raises(EncodeError, match="frame 99"):
+        bad = ToolResult(status=ToolStatus.OK, boxes=[dataclasses.replace(boxes[0], frame=99)])
+        encode_measurement_report(chest_ct, bad, "Grounding", "1", encoding_context)
+
+
+def test_classification_becomes_qualitative_evaluations_with_probabilities(
+    chest_cr, encoding_context, tmp_path, dciodvfy
+) -> None:
+    labels = {"chest X-ray": 0.91, "brain MRI": 0.07, "lung": 0.02}
+    result = ToolResult(status=ToolStatus.OK, labels=labels)
+    path, sr = _write_read(
+        encode_measurement_report(chest_cr, result, "BiomedCLIP", "1", encoding_context), tmp_path
+    )
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    (anchor,) = _groups(sr)  # the whole image, so that viewers that need a group find one to draw
+    scoord = next(item for item in anchor.ContentSequence if item.ValueType == "SCOORD")
+    assert [float(v) for v in scoord.GraphicData] == [0, 0, 1841, 0, 1841, 1955, 0, 1955, 0, 0]
+    values = _group_values(anchor)
+    assert (values["Tracking Identifier"], values["Probability"]) == ("AI classification: chest X-ray", 0.91)
+    container = _items(sr, "Qualitative Evaluations")
+    assert len(container) == 1
+    findings = container[0].ContentSequence
+    assert [f.ConceptNameCodeSequence[0].CodeMeaning for f in findings] == ["Finding"] * 3
+    values = [f.ConceptCodeSequence[0] for f in findings]
+    assert [v.CodeMeaning for v in values] == ["chest X-ray", "brain MRI", "Lung"]
+    assert values[0].CodingSchemeDesignator == "99MEDAGENT" and values[2].CodingSchemeDesignator == "SCT"
+    probabilities = [float(f.ContentSequence[0].MeasuredValueSequence[0].NumericValue) for f in findings]
+    assert probabilities == [0.91, 0.07, 0.02]
+    assert {f.ContentSequence[0].RelationshipType for f in findings} == {"HAS PROPERTIES"}
+    scheme = sr.CodingSchemeIdentificationSequence[0]
+    assert scheme.CodingSchemeDesignator == "99MEDAGENT"
+
+
+def test_report_text_becomes_finding_and_impression(chest_cr, encoding_context, tmp_path, dciodvfy) -> None:
+    text = (
+        "Heart size normal.\nFINDINGS: Both lungs are clear.\nNo effusion.\n\nImpression: No acute disease."
+    )
+    result = ToolResult(status=ToolStatus.OK, text=text)
+    path, sr = _write_read(
+        encode_measurement_report(chest_cr, result, "ChatCAD", "1", encoding_context), tmp_path
+    )
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    items = _items(sr, "Qualitative Evaluations")[0].ContentSequence
+    assert [(i.ConceptNameCodeSequence[0].CodeMeaning, i.TextValue) for i in items] == [
+        ("Finding", "Heart size normal."),
+        ("Finding", "Both lungs are clear.\nNo effusion."),
+        ("Impression", "No acute disease."),
+    ]
+    assert report_sections("plain words") == [(FINDING, "plain words")]
+    assert report_sections("  ") == []
+
+
+def test_retrieval_and_vqa_answers_carry_question_and_citations(
+    brain_mr, encoding_context, tmp_path, dciodvfy
+) -> None:
+    sources = [
+        {
+            "title": "Merck Manual",
+            "section": "MRI",
+            "url": "https://example.org/mri",
+            "passage": "Fat is bright.",
+        },
+        {"title": "Radiology basics"},
+    ]
+    retrieval = ToolResult(status=ToolStatus.OK, text="Fat has a short T1.", sources=sources)
+    path, sr = _write_read(
+        encode_measurement_report(
+            brain_mr, retrieval, "ChatCAD+", "1", encoding_context, question="Why is fat bright?"
+        ),
+        tmp_path,
+    )
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    items = _items(sr, "Qualitative Evaluations")[0].ContentSequence
+    assert [(i.ConceptNameCodeSequence[0].CodeMeaning, i.TextValue) for i in items] == [
+        ("Question", "Why is fat bright?"),
+        ("Answer", "Fat has a short T1."),
+        ("Citation", '[1] Merck Manual; MRI; https://example.org/mri; "Fat is bright."'),
+        ("Citation", "[2] Radiology basics"),
+    ]
+    vqa = ToolResult(status=ToolStatus.OK, text="A sagittal T1 image of the head.")
+    dataset = encode_measurement_report(
+        brain_mr, vqa, "LLaVA-Med", "1", encoding_context, question="What is shown?"
+    )
+    path, sr = _write_read(dataset, tmp_path, "vqa.dcm")
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    items = _items(sr, "Qualitative Evaluations")[0].ContentSequence
+    assert [i.ConceptNameCodeSequence[0].CodeMeaning for i in items] == ["Question", "Answer"]
+    other = encode_measurement_report(
+        brain_mr, vqa, "LLaVA-Med", "1", encoding_context, question="Which plane?"
+    )
+    assert other.SOPInstanceUID != dataset.SOPInstanceUID
+    with pytest.raises(EncodeError, match="nothing to report"):
+        encode_measurement_report(brain_mr, ToolResult(status=ToolStatus.OK), "x", "1", encoding_context)
+
+
+def test_sr_of_a_2d_segmentation_pairs_a_segmentation_frame_with_an_outline(
+    chest_cr, cr_lung_mask, encoding_context, tmp_path, dciodvfy
+) -> None:
+    masks = {"lung": cr_lung_mask}
+    seg = encode_seg(chest_cr, masks, "threshold", "1", encoding_context)
+    result = ToolResult(status=ToolStatus.OK, masks=masks)
+    path, sr = _write_read(
+        encode_measurement_report(chest_cr, result, "threshold", "1", encoding_context, seg=seg), tmp_path
+    )
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    groups = _groups(sr)
+    assert len(groups) == 2
+    assert [any(i.ValueType == "SCOORD" for i in g.ContentSequence) for g in groups] == [False, True]
+    frame_reference = _items(groups[0], "Referenced Segmentation Frame")[0].ReferencedSOPSequence[0]
+    assert frame_reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+    assert int(frame_reference.ReferencedFrameNumber) == 1
+    identifiers = [_group_values(g)["Tracking Identifier"] for g in groups]
+    assert identifiers == ["lung", "lung"]
+    tracking_uids = {item.UID for g in groups for item in g.ContentSequence if item.ValueType == "UIDREF"}
+    assert len(tracking_uids) == 1
+    assert "Area" not in _group_values(groups[1])  # the CR's Pixel Spacing is 0.000: no area in mm2
+
+
+def _every_tracking_uid_has_a_2d_scoord(dataset) -> bool:
+    """OHIF merges groups sharing a Tracking UID and draws the merged group from its 2D SCOORD."""
+    with_scoord, all_uids_ = set(), set()
+    for group in _groups(dataset):
+        uid = next(item.UID for item in group.ContentSequence if item.ValueType == "UIDREF")
+        all_uids_.add(uid)
+        if any(item.ValueType == "SCOORD" for item in group.ContentSequence):
+            with_scoord.add(uid)
+    return bool(all_uids_) and with_scoord == all_uids_
+
+
+def test_segmentation_srs_keep_the_ohif_pairing(sr_file, chest_cr, cr_lung_mask, encoding_context) -> None:
+    assert _every_tracking_uid_has_a_2d_scoord(pydicom.dcmread(sr_file))
+    seg = encode_seg(chest_cr, {"lung": cr_lung_mask}, "threshold", "1", encoding_context)
+    planar = encode_sr(chest_cr, seg, {"lung": cr_lung_mask}, "threshold", "1", encoding_context)
+    assert _every_tracking_uid_has_a_2d_scoord(planar)
