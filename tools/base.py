@@ -59,13 +59,14 @@ class ToolInput:
     """What a tool gets: pixels, geometry and text; never patient identifiers.
 
     ``image`` is ``[frame, row, column]`` in real-world values (Hounsfield units for CT).
-    ``spacing`` is ``(slice distance, row spacing, column spacing)`` in mm.
+    ``spacing`` is ``(slice distance, row spacing, column spacing)`` in mm, or None when the source does
+    not tell it: a tool then reports no physical measurement rather than guess.
     ``row_direction`` and ``column_direction`` are the patient-space (LPS) directions of increasing
     column and increasing row, so a tool can tell the patient's left from right.
     """
 
     image: np.ndarray
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, float, float] | None
     modality: str
     row_direction: tuple[float, float, float] = (1.0, 0.0, 0.0)
     column_direction: tuple[float, float, float] = (0.0, 1.0, 0.0)

@@ -37,8 +37,40 @@ def body_mask(hounsfield: np.ndarray) -> np.ndarray:
     return _largest_component(filled)
 
 
-def lung_masks(hounsfield: np.ndarray, row_direction: np.ndarray) -> dict[str, np.ndarray]:
-    """Coarse left and right lung masks; empty masks when the volume holds no lungs."""
+#: The trachea and main bronchi, in one slice: a small air region near the midline.
+AIRWAY_MAX_AREA_MM2 = 1000.0
+AIRWAY_MAX_MIDLINE_DISTANCE_MM = 25.0
+
+
+def remove_airways(lungs: np.ndarray, midline: float, pixel_spacing: tuple[float, float]) -> np.ndarray:
+    """Drop, slice by slice, small air regions whose centre lies near the midline (trachea, bronchi)."""
+    row_spacing, column_spacing = pixel_spacing
+    result = lungs.copy()
+    for index in np.flatnonzero(lungs.any(axis=(1, 2))):
+        labelled, count = ndimage.label(lungs[index])
+        if count == 0:
+            continue
+        areas = (
+            ndimage.sum_labels(lungs[index], labelled, index=np.arange(1, count + 1))
+            * row_spacing
+            * column_spacing
+        )
+        centres = ndimage.center_of_mass(lungs[index], labelled, index=np.arange(1, count + 1))
+        for number, (area, (_, column)) in enumerate(zip(areas, centres, strict=True), start=1):
+            near_midline = abs(column - midline) * column_spacing <= AIRWAY_MAX_MIDLINE_DISTANCE_MM
+            if area <= AIRWAY_MAX_AREA_MM2 and near_midline:
+                result[index][labelled == number] = False
+    return result
+
+
+def lung_masks(
+    hounsfield: np.ndarray, row_direction: np.ndarray, pixel_spacing: tuple[float, float] | None = None
+) -> dict[str, np.ndarray]:
+    """Coarse left and right lung masks; empty masks when the volume holds no lungs.
+
+    With ``pixel_spacing`` (mm) the trachea and main bronchi are removed first (small air regions near the
+    midline); without it they stay, since their size cannot be judged.
+    """
     body = body_mask(hounsfield)
     air = (hounsfield < AIR_HU) & body
     air = ndimage.binary_opening(air, structure=np.ones((1, 3, 3), bool))
@@ -53,6 +85,8 @@ def lung_masks(hounsfield: np.ndarray, row_direction: np.ndarray) -> dict[str, n
     lungs = np.isin(labelled, keep)
     columns = np.flatnonzero(body.any(axis=(0, 1)))
     midline = (columns.min() + columns.max()) / 2.0 if columns.size else hounsfield.shape[2] / 2.0
+    if pixel_spacing is not None:
+        lungs = remove_airways(lungs, midline, pixel_spacing)
     high_side = np.zeros_like(lungs)
     high_side[:, :, int(np.ceil(midline)) :] = True
     # LPS: +x is the patient's left. Columns increase along row_direction.
@@ -79,12 +113,19 @@ def boxes_per_slice(
     return boxes
 
 
-def ground(hounsfield: np.ndarray, prompts: list[str], row_direction: np.ndarray) -> dict[str, np.ndarray]:
+def ground(
+    hounsfield: np.ndarray,
+    prompts: list[str],
+    row_direction: np.ndarray,
+    pixel_spacing: tuple[float, float] | None = None,
+) -> dict[str, np.ndarray]:
     """Coarse masks for each known prompt (normalised, lower case)."""
     masks: dict[str, np.ndarray] = {}
     wanted = set(prompts)
     if wanted & {"left lung", "right lung"}:
-        masks.update({k: v for k, v in lung_masks(hounsfield, row_direction).items() if k in wanted})
+        masks.update(
+            {k: v for k, v in lung_masks(hounsfield, row_direction, pixel_spacing).items() if k in wanted}
+        )
     if "body" in wanted:
         masks["body"] = body_mask(hounsfield)
     return masks

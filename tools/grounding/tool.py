@@ -57,7 +57,10 @@ class GroundingTool(Tool):
                 engine=engine,
                 error=f"the {engine} engine cannot find {unknown}; it knows {list(hounsfield.KNOWN_STRUCTURES)}",
             )
-        masks = hounsfield.ground(tool_input.image, prompts, np.asarray(tool_input.row_direction))
+        pixel_spacing = tool_input.spacing[1:] if tool_input.spacing is not None else None
+        masks = hounsfield.ground(
+            tool_input.image, prompts, np.asarray(tool_input.row_direction), pixel_spacing
+        )
         frames, rows, columns = tool_input.image.shape
         boxes = [
             Box(

@@ -40,9 +40,14 @@ def window_for(label: str, modality: str) -> tuple[float, float] | None:
 
 
 def volume_measurements(
-    masks: dict[str, np.ndarray], spacing: tuple[float, float, float]
+    masks: dict[str, np.ndarray], spacing: tuple[float, float, float] | None
 ) -> list[Measurement]:
-    """Volume (mL) of each 3D mask: voxel count times the voxel volume from the real slice distance."""
+    """Volume (mL) of each 3D mask: voxel count times the voxel volume from the real slice distance.
+
+    Empty when the spacing is unknown: no volume is better than a guessed one.
+    """
+    if spacing is None:
+        return []
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     return [
         Measurement(label=label, name="Volume", value=float(mask.sum()) * voxel_ml, unit="mL")

@@ -55,3 +55,16 @@ def test_unsupported_requests_say_why(chest_ct) -> None:
         _input(chest_ct, ["left lung"], image=np.full((3, 64, 64), -1000.0, np.float32))
     )
     assert air.status is ToolStatus.FAILED and "no left lung found" in air.error
+
+
+def test_trachea_is_not_taken_for_a_lung_when_the_pixel_spacing_is_known(chest_ct) -> None:
+    from tools.grounding.hounsfield import lung_masks
+
+    with_spacing = lung_masks(chest_ct.array, chest_ct.row_direction, chest_ct.spacing[1:])
+    without = lung_masks(chest_ct.array, chest_ct.row_direction)
+    top = slice(-8, None)  # above the lung apices of this series only the airway holds air
+    assert without["right lung"][top].sum() > 1000  # the trachea, labelled by its side of the midline
+    assert with_spacing["right lung"][top].sum() == 0
+    # the lungs themselves are untouched: within 3 % of the volume without airway removal
+    for label in ("left lung", "right lung"):
+        assert abs(int(with_spacing[label].sum()) - int(without[label].sum())) < 0.03 * without[label].sum()
