@@ -53,6 +53,24 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def dicomweb_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """One Orthanc with the DICOMweb plugin for the session: the PACS of the round trip and of OHIF."""
+    server = Orthanc(tmp_path_factory.mktemp("orthanc-dicomweb"), dicomweb=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def chest_ct_round_trip(dicomweb_orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory):
+    """Issue 2's round trip, run once: tests/helpers/round_trip.py."""
+    from tests.helpers.round_trip import chest_ct_round_trip as run
+
+    return run(dicomweb_orthanc, tmp_path_factory.mktemp("round-trip"))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_libraries() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import UID
 
 from dicom_node.load import load_volume, read_series
-from tests.conftest import node_settings, running_node
-from tests.helpers.peers import dciodvfy_errors, shared_data, wait_until
+from tests.helpers.peers import dciodvfy_errors
+from tests.helpers.round_trip import COMPREHENSIVE_3D_SR, RESULT_CLASSES, SECONDARY_CAPTURE, SEG, RoundTrip
 from tools.grounding.hounsfield import body_mask
 
 pytestmark = pytest.mark.integration
 
-SEG = UID("1.2.840.10008.5.1.4.1.1.66.4")
-COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
-SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 VOLUME = ("118565006", "SCT")
 
 
@@ -47,53 +41,15 @@ def _sr_volumes(sr: pydicom.Dataset) -> dict[str, tuple[float, str, int, str]]:
     return volumes
 
 
-def test_chest_ct_from_orthanc_comes_back_as_seg_sr_and_sc(tmp_path: Path, orthanc) -> None:
-    ct_folder = shared_data("ct_chest_lidc0314")
-    ct_files = sorted(ct_folder.glob("*.dcm"))
-    settings = node_settings(
-        tmp_path / "node",
-        destinations=[
-            {"name": "pacs", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
-        ],
-        routes=[
-            {
-                "name": "chest-ct",
-                "match": {"Modality": "CT"},
-                "instruction": "Segment both lungs",
-                "destinations": ["pacs"],
-                "completion": {"quiet_seconds": 2},
-            }
-        ],
-    )
-    with running_node(settings) as node:
-        orthanc.add_modality("medagent", settings.node.ae_title, node.scp.port)
-        for path in ct_files:
-            orthanc.upload(path)
-        study_instance_uid = str(pydicom.dcmread(ct_files[0], stop_before_pixels=True).StudyInstanceUID)
-        orthanc_study = orthanc.request("POST", "/tools/lookup", study_instance_uid.encode())[0]["ID"]
-        orthanc.request("POST", "/modalities/medagent/store", orthanc_study.encode())
-
-        def results_in_orthanc():
-            instances = orthanc.instances_of_study(study_instance_uid)
-            classes = {i["MainDicomTags"].get("SOPInstanceUID"): i for i in instances}
-            found = {}
-            for instance in instances:
-                sop_class = orthanc.get(f"/instances/{instance['ID']}/metadata/SopClassUid").decode()
-                found.setdefault(sop_class, []).append(instance["ID"])
-            del classes
-            return found if all(k in found for k in (SEG, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE)) else None
-
-        found = wait_until(results_in_orthanc, timeout=600, interval=2, what="SEG, SR and SC in Orthanc")
-        deliveries = node.index.deliveries()
-        assert len(deliveries) == 3 and all(d["state"] == "delivered" for d in deliveries)
-        assert len(found[SEG]) == len(found[COMPREHENSIVE_3D_SR]) == len(found[SECONDARY_CAPTURE]) == 1
-
-    files = {}
-    for sop_class, ids in found.items():
-        if sop_class in (SEG, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE):
-            path = tmp_path / f"{sop_class}.dcm"
-            path.write_bytes(orthanc.instance_file(ids[0]))
-            files[sop_class] = path
+def test_chest_ct_from_orthanc_comes_back_as_seg_sr_and_sc(chest_ct_round_trip: RoundTrip) -> None:
+    trip = chest_ct_round_trip
+    ct_files = trip.ct_files
+    assert len(trip.deliveries) == 3 and all(d["state"] == "delivered" for d in trip.deliveries)
+    for sop_class in RESULT_CLASSES:
+        assert len(trip.found[sop_class]) == 1, (
+            f"expected one {sop_class}, Orthanc holds {trip.found[sop_class]}"
+        )
+    files = trip.results
     for path in files.values():
         errors, output = dciodvfy_errors(path)
         assert errors == [], output

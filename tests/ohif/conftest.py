@@ -37,14 +37,11 @@ def ohif_dist() -> Path:
 
 
 @pytest.fixture(scope="module")
-def ohif_peer(ohif_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OhifPeer]:
-    orthanc = Orthanc(tmp_path_factory.mktemp("orthanc-dicomweb"), dicomweb=True).start()
-    try:
-        with ViewerServer(ohif_dist, f"{orthanc.url}/dicom-web") as viewer:
-            logger.info("OHIF on %s, Orthanc DICOMweb on %s/dicom-web", viewer.url, orthanc.url)
-            yield OhifPeer(orthanc, viewer)
-    finally:
-        orthanc.stop()
+def ohif_peer(ohif_dist: Path, dicomweb_orthanc: Orthanc) -> Iterator[OhifPeer]:
+    """OHIF in front of the session's Orthanc, the one the chest CT round trip delivered to."""
+    with ViewerServer(ohif_dist, f"{dicomweb_orthanc.url}/dicom-web") as viewer:
+        logger.info("OHIF on %s, Orthanc DICOMweb on %s/dicom-web", viewer.url, dicomweb_orthanc.url)
+        yield OhifPeer(dicomweb_orthanc, viewer)
 
 
 @pytest.fixture

@@ -23,21 +23,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from tests.conftest import node_settings, running_node
-from tests.helpers.peers import Orthanc, shared_data, wait_until
+from tests.helpers.peers import shared_data
+from tests.helpers.round_trip import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE, SEG, RoundTrip
 from tests.ohif import checks
 from tests.ohif.browser import OhifBrowser
 from tests.ohif.conftest import OhifPeer
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
-
-SEG = UID("1.2.840.10008.5.1.4.1.1.66.4")
-COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
-SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 
 
 @dataclass
@@ -65,61 +61,19 @@ def _headers(paths: list[Path]) -> dict[str, pydicom.Dataset]:
     return {str(header.SOPInstanceUID): header for header in headers}
 
 
-def _results_in_orthanc(orthanc: Orthanc, study_instance_uid: str) -> dict[str, list[str]] | None:
-    found: dict[str, list[str]] = {}
-    for instance in orthanc.instances_of_study(study_instance_uid):
-        sop_class = orthanc.get(f"/instances/{instance['ID']}/metadata/SopClassUid").decode()
-        found.setdefault(sop_class, []).append(instance["ID"])
-    return found if all(k in found for k in (SEG, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE)) else None
-
-
 @pytest.fixture(scope="module")
-def chest_ct(ohif_peer: OhifPeer, tmp_path_factory: pytest.TempPathFactory) -> Study:
-    """Issue 2's round trip: Orthanc pushes the chest CT to the node, the node sends SEG, SR and SC back."""
-    orthanc = ohif_peer.orthanc
-    ct_files = sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))
-    storage = tmp_path_factory.mktemp("node")
-    settings = node_settings(
-        storage,
-        destinations=[
-            {"name": "pacs", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
-        ],
-        routes=[
-            {
-                "name": "chest-ct",
-                "match": {"Modality": "CT"},
-                "instruction": "Segment both lungs",
-                "destinations": ["pacs"],
-                "completion": {"quiet_seconds": 2},
-            }
-        ],
-    )
-    started = time.monotonic()
-    with running_node(settings) as node:
-        orthanc.add_modality("medagent", settings.node.ae_title, node.scp.port)
-        for path in ct_files:
-            orthanc.upload(path)
-        first = pydicom.dcmread(ct_files[0], stop_before_pixels=True)
-        study_instance_uid = str(first.StudyInstanceUID)
-        orthanc_study = orthanc.request("POST", "/tools/lookup", study_instance_uid.encode())[0]["ID"]
-        orthanc.request("POST", "/modalities/medagent/store", orthanc_study.encode())
-        found = wait_until(
-            lambda: _results_in_orthanc(orthanc, study_instance_uid),
-            timeout=600,
-            interval=2,
-            what="SEG, SR and SC from the node in Orthanc",
-        )
-    logger.info(
-        "round trip: the node's SEG, SR and SC were in Orthanc %.0f s after the push",
-        time.monotonic() - started,
-    )
+def chest_ct(ohif_peer: OhifPeer, chest_ct_round_trip: RoundTrip) -> Study:
+    """Issue 2's round trip (run once per session, tests/helpers/round_trip.py), as OHIF will show it."""
+    trip = chest_ct_round_trip
+    assert trip.orthanc is ohif_peer.orthanc
     results = {}
     for sop_class in (SEG, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE):
-        assert len(found[sop_class]) == 1, f"expected one {sop_class}, Orthanc holds {found[sop_class]}"
-        path = storage / f"{sop_class}.dcm"
-        path.write_bytes(orthanc.instance_file(found[sop_class][0]))
-        results[sop_class] = pydicom.dcmread(path)
-    return Study(str(first.PatientID), study_instance_uid, _headers(ct_files), results)
+        assert len(trip.found[sop_class]) == 1, (
+            f"expected one {sop_class}, Orthanc holds {trip.found[sop_class]}"
+        )
+        results[sop_class] = pydicom.dcmread(trip.results[sop_class])
+    first = pydicom.dcmread(trip.ct_files[0], stop_before_pixels=True)
+    return Study(str(first.PatientID), trip.study_instance_uid, _headers(trip.ct_files), results)
 
 
 # --- what a radiologist does, and what the test reads off the screen -------------------------------------
