@@ -22,31 +22,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicom_node.index import Index
-from dicom_node.scp import StorageSCP
-from dicom_node.spool import Spool
-from tests.conftest import node_settings
 from tests.helpers.ingest import encoded, open_association, raw_c_store, with_new_uids
 from tests.helpers.peers import run_dcmtk, shared_data, wait_until
+from tests.integration.conftest import start_scp
 
 pytestmark = pytest.mark.integration
 
 CANNOT_UNDERSTAND, DOES_NOT_MATCH = 0xC210, 0xA900
-
-
-def _scp(storage: Path, **node) -> StorageSCP:
-    settings = node_settings(storage, node=node).with_absolute_storage()
-    server = StorageSCP(settings, Index(storage / "index.sqlite3"), Spool(storage))
-    server.start()
-    return server
-
-
-@pytest.fixture
-def scp(tmp_path: Path):
-    server = _scp(tmp_path / "node")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _ct(name: str) -> Dataset:
@@ -169,7 +151,7 @@ def test_bad_input_gets_its_status_is_quarantined_and_the_association_goes_on(sc
 
 
 def test_a_data_set_over_max_dataset_bytes_is_refused_with_a701_and_not_kept(tmp_path: Path) -> None:
-    server = _scp(tmp_path / "node", max_dataset_bytes=100_000)
+    server = start_scp(tmp_path / "node", max_dataset_bytes=100_000)
     try:
         large = _ct("large")  # 512 x 512 x 2 bytes
         small = with_new_uids(pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm")), "small")
@@ -259,7 +241,7 @@ def test_an_aborted_association_is_audited_with_what_it_stored(scp) -> None:
 def test_associations_left_open_by_a_stopped_node_are_marked_interrupted(tmp_path: Path) -> None:
     index = Index(tmp_path / "node" / "index.sqlite3")
     index.open_association("left-open", "STORESCU", "MEDAGENT", "127.0.0.1:1234")
-    server = _scp(tmp_path / "node")
+    server = start_scp(tmp_path / "node")
     server.stop()
     row = index.query("SELECT * FROM associations WHERE association_id='left-open'")[0]
     assert row["outcome"] == "interrupted" and row["ended_at"] is not None

@@ -15,9 +15,7 @@ from pydicom.uid import UID
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicom_node.index import Index
-from dicom_node.scp import SOP_CLASS_NOT_SUPPORTED, StorageSCP
-from dicom_node.spool import Spool
-from tests.conftest import node_settings
+from dicom_node.scp import SOP_CLASS_NOT_SUPPORTED
 from tests.helpers.ingest import (
     STORESCU_PROPOSE,
     data_set_bytes,
@@ -29,6 +27,7 @@ from tests.helpers.ingest import (
     with_new_uids,
 )
 from tests.helpers.peers import DATA, run_dcmtk, shared_data
+from tests.integration.conftest import start_scp
 
 pytestmark = pytest.mark.integration
 
@@ -39,22 +38,6 @@ LOSSY = {
     "1.2.840.10008.1.2.4.91",
 }
 LOSSY.add("1.2.840.10008.1.2.4.203")
-
-
-def _scp(storage: Path, **node):
-    settings = node_settings(storage, node=node).with_absolute_storage()
-    server = StorageSCP(settings, Index(storage / "index.sqlite3"), Spool(storage))
-    server.start()
-    return server
-
-
-@pytest.fixture
-def scp(tmp_path: Path):
-    server = _scp(tmp_path / "node")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +158,7 @@ def test_a_private_sop_class_is_accepted_from_storescu(scp, tmp_path: Path) -> N
 
 
 def test_restricted_sop_classes_are_refused_at_association_and_by_status(tmp_path: Path) -> None:
-    server = _scp(tmp_path / "node", restrict_sop_classes=[str(CTImageStorage)])
+    server = start_scp(tmp_path / "node", restrict_sop_classes=[str(CTImageStorage)])
     try:
         mr = shared_data("mr_brain_t1_sag_siemens")
         ct = shared_data("ct_chest_lidc0314")

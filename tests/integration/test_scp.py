@@ -11,25 +11,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.index import Index
-from dicom_node.scp import StorageSCP
-from dicom_node.spool import Spool
-from tests.conftest import node_settings
 from tests.helpers.peers import run_dcmtk, shared_data, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def scp(tmp_path: Path):
-    settings = node_settings(tmp_path / "node").with_absolute_storage()
-    index = Index(tmp_path / "node" / "index.sqlite3")
-    server = StorageSCP(settings, index, Spool(tmp_path / "node"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_echoscu_succeeds_and_unknown_calling_ae_is_rejected(scp) -> None:
