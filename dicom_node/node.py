@@ -105,13 +105,13 @@ class Node:
     # -- embedded worker ------------------------------------------------------------------------------
 
     def _start_worker(self) -> None:
-        environment = dict(os.environ, MEDAGENT_CONFIG=str(self.config_path))
+        environment = dict(
+            os.environ, MEDAGENT_CONFIG=str(self.config_path), MEDAGENT_PARENT_PID=str(os.getpid())
+        )
         command = [
             sys.executable,
             "-m",
-            "celery",
-            "-A",
-            "workers.app",
+            "workers.embedded",
             "worker",
             "--queues",
             "cpu,gpu",

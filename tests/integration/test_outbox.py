@@ -259,6 +259,23 @@ def test_resubmit_command_requeues_a_dead_letter_and_the_outbox_delivers_it(tmp_
     assert index.deliveries(uid)[0]["state"] == "delivered"
 
 
+def _workers_of(storage: Path) -> list[int]:
+    """Pids of embedded workers started by a node whose storage is ``storage`` (read from /proc)."""
+    marker = f"MEDAGENT_CONFIG={storage / 'effective-config.yaml'}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in environment and b"workers.embedded" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
 def test_undelivered_results_are_sent_after_the_node_is_killed_and_restarted(tmp_path: Path) -> None:
     import signal
     import sys
@@ -288,10 +305,13 @@ def test_undelivered_results_are_sent_after_the_node_is_killed_and_restarted(tmp
     node = start_node()
     try:
         wait_until(lambda: index.deliveries(uid)[0]["attempts"] >= 2, timeout=60, what="failed attempts")
+        wait_until(lambda: _workers_of(storage), timeout=60, what="the embedded worker")
     finally:
         node.send_signal(signal.SIGKILL)
         node.wait()
     assert index.deliveries(uid)[0]["state"] == "pending"
+    # the killed node's embedded worker goes with it: a restart must not find two workers on its queue
+    wait_until(lambda: not _workers_of(storage), timeout=30, what="the orphaned worker to end")
     receiver = _storescp(tmp_path / "received", pacs_port)
     node = start_node()
     try:
