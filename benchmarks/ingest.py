@@ -20,7 +20,6 @@ instances per second, MB/s of data set bytes sent, and the ratio to storescp.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -39,7 +38,14 @@ from pydicom.uid import generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.peers import PEER_ENVIRONMENT, free_port, run_dcmtk, shared_data, wait_until  # noqa: E402
+from tests.helpers.peers import (  # noqa: E402
+    PEER_ENVIRONMENT,
+    Orthanc,
+    free_port,
+    run_dcmtk,
+    shared_data,
+    wait_until,
+)
 
 MAX_PDU = 131072
 
@@ -156,32 +162,12 @@ def run_storescp(folder: Path, files: list[Path]) -> float:
 
 
 def run_orthanc(folder: Path, files: list[Path]) -> float:
-    http_port, dicom_port = free_port(), free_port()
-    configuration = {
-        "Name": "benchmark",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowEcho": True,
-        "DicomAlwaysAllowStore": True,
-        "MaximumPduLength": MAX_PDU,
-        "Plugins": [],
-    }
-    (folder / "orthanc.json").write_text(json.dumps(configuration))
-    with open(folder / "orthanc.log", "wb") as log:
-        process = subprocess.Popen(
-            [shutil.which("Orthanc") or "Orthanc", str(folder / "orthanc.json")],
-            env=PEER_ENVIRONMENT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    orthanc = Orthanc(folder, settings={"Name": "benchmark", "MaximumPduLength": MAX_PDU}).start()
     try:
-        echo_ready("ORTHANC", dicom_port)
-        return send(files, "ORTHANC", dicom_port)
+        echo_ready(orthanc.ae_title, orthanc.dicom_port)
+        return send(files, orthanc.ae_title, orthanc.dicom_port)
     finally:
-        stop(process)
+        orthanc.stop()
 
 
 _BARE_PYNETDICOM = """

@@ -164,15 +164,6 @@ def load_job_volume(index: Index, job: sqlite3.Row) -> Volume:
     return load_volume(read_series([row["path"] for row in rows]))
 
 
-def _device(settings: Settings) -> str:
-    device = settings.models.device
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def run_action(
     settings: Settings, index: Index, job_id: str, action_index: int, registry: ToolRegistry
 ) -> str:
@@ -204,7 +195,7 @@ def run_action(
             body_part=str(volume.datasets[0].get("BodyPartExamined", "")),
             params=dict(action.API_params),
             instruction=job["instruction"],
-            device=_device(settings),
+            device=settings.models.device,
         )
         result = tool.run(tool_input)
     except Exception as exc:

@@ -73,7 +73,7 @@ class ToolInput:
     body_part: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     instruction: str = ""
-    device: str = "cpu"
+    device: str = "cpu"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N" or "mps"; engines resolve it
 
 
 @dataclass

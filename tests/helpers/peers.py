@@ -49,13 +49,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "c
 class Orthanc:
     """A private Orthanc on free loopback ports with its own storage, stopped by its pid."""
 
-    def __init__(self, folder: Path, ae_title: str = "ORTHANC", dicomweb: bool = False) -> None:
+    def __init__(
+        self, folder: Path, ae_title: str = "ORTHANC", dicomweb: bool = False, settings: dict | None = None
+    ) -> None:
         self.folder = folder
         self.ae_title = ae_title
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.dicomweb = dicomweb
+        self.settings = dict(settings or {})  # Orthanc configuration keys that override the defaults below
 
     @property
     def url(self) -> str:
@@ -82,6 +85,7 @@ class Orthanc:
             "HttpTimeout": 60,
             "DicomScuTimeout": 30,
             "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"] if self.dicomweb else [],
+            **self.settings,
         }
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(configuration))
