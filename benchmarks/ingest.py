@@ -186,11 +186,17 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE,
 """
 
 
-def run_bare_pynetdicom(folder: Path, files: list[Path]) -> float:
+_BARE_EVENT_DRIVEN = _BARE_PYNETDICOM.replace(
+    'ae.start_server(("127.0.0.1", int(sys.argv[1])), ',
+    'from dicom_node.transport import start_server\nstart_server(ae, ("127.0.0.1", int(sys.argv[1])), ',
+).replace("(evt.EVT_CONN_OPEN, nodelay)])", "(evt.EVT_CONN_OPEN, nodelay)])\nwhile True: time.sleep(60)")
+
+
+def run_bare_pynetdicom(folder: Path, files: list[Path], script: str = _BARE_PYNETDICOM) -> float:
     """pynetdicom answering Success at once, storing nothing: the floor under the node's own work."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", _BARE_PYNETDICOM, str(port)],
+        [sys.executable, "-c", script, str(port)], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
@@ -205,6 +211,9 @@ RECEIVERS: dict[str, Callable[[Path, list[Path]], float]] = {
     "Orthanc 1.10 (SyncStorageArea)": run_orthanc,
     "MedAgent node (fsync + index)": run_node,
     "pynetdicom alone (stores nothing)": run_bare_pynetdicom,
+    "same, event-driven acceptor": lambda folder, files: run_bare_pynetdicom(
+        folder, files, _BARE_EVENT_DRIVEN
+    ),
 }
 
 

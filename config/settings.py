@@ -47,6 +47,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSection(_Strict):
+    """DICOM TLS for incoming associations (PS3.15 B.1; IANA port 2762).
+
+    ``certificate`` and ``private_key`` are PEM files. With ``ca_certificates`` (a PEM bundle) a peer must
+    present a certificate signed by one of them; without it any peer may connect over TLS and the calling
+    AE title and host checks still apply. ``port`` null makes ``node.port`` itself TLS-only; a port here
+    adds a TLS listener beside the plain one on ``node.port``.
+    """
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+
+    @field_validator("certificate", "private_key", "ca_certificates")
+    @classmethod
+    def _check_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"'{value}' is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _check_loadable(self) -> TlsSection:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.certificate, self.private_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"certificate '{self.certificate}' and private_key '{self.private_key}' do not load as a"
+                f" PEM certificate with its unencrypted key: {exc}"
+            ) from None
+        if self.ca_certificates is not None:
+            try:
+                context.load_verify_locations(cafile=self.ca_certificates)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"ca_certificates '{self.ca_certificates}' is not a PEM bundle: {exc}"
+                ) from None
+        return self
+
+
 class NodeSection(_Strict):
     """The node's own DICOM identity and where it keeps its state."""
 
@@ -63,6 +106,8 @@ class NodeSection(_Strict):
     max_dataset_bytes: int = Field(2 * 1024**3, ge=1024)
     #: SOP Class UIDs the SCP accepts; null accepts every storage SOP class, private ones included
     restrict_sop_classes: list[str] | None = None
+    #: DICOM TLS; null (the default) listens on plain TCP only
+    tls: TlsSection | None = None
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -138,7 +183,12 @@ class CompletionPolicy(_Strict):
 
 
 class Source(_Strict):
-    """A peer allowed to send studies (matched on its calling AE title, optionally its address)."""
+    """A peer allowed to send studies: its calling AE title and, optionally, the host it must call from.
+
+    ``host`` is an IP address or a host name (resolved when the node starts); an association with this
+    calling AE title from any other address is rejected (calling AE title not recognised). Several sources
+    may share an AE title with different hosts.
+    """
 
     ae_title: str
     host: str | None = None

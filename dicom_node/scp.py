@@ -46,6 +46,7 @@ import errno
 import logging
 import socket
 import sqlite3
+import ssl
 import struct
 import threading
 import time
@@ -84,6 +85,7 @@ from dicom_node.received import (
 )
 from dicom_node.routing import select_route
 from dicom_node.spool import Spool, sync_directory
+from dicom_node.transport import start_server
 from dicom_node.uids import is_valid_uid
 
 __all__ = [
@@ -166,6 +168,44 @@ def status_with_comment(status: int, comment: str) -> Dataset:
     return response
 
 
+def resolve_source_hosts(sources: Sequence[Any]) -> dict[str, frozenset[str] | None]:
+    """``{calling AE title: addresses it may call from}``; None where some source allows any address.
+
+    Host names are resolved once, here; one that does not resolve is kept as written (and matches only
+    an address equal to it) and logged.
+    """
+    allowed: dict[str, set[str] | None] = {}
+    for source in sources:
+        title = source.ae_title
+        if source.host is None:
+            allowed[title] = None
+            continue
+        if title in allowed and allowed[title] is None:
+            continue
+        addresses = allowed.setdefault(title, set())
+        assert addresses is not None
+        addresses.add(source.host)
+        try:
+            for *_, address in socket.getaddrinfo(source.host, None, proto=socket.IPPROTO_TCP):
+                addresses.add(str(address[0]))
+        except OSError as exc:
+            logger.warning("sources: host %r of AE %s does not resolve: %s", source.host, title, exc)
+    return {title: None if hosts is None else frozenset(hosts) for title, hosts in allowed.items()}
+
+
+def server_ssl_context(tls: Any) -> ssl.SSLContext:
+    """The TLS context of the listener: TLS 1.2 or newer; client certificates required with a CA bundle."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.certificate, tls.private_key)
+    if tls.ca_certificates is not None:
+        context.load_verify_locations(cafile=tls.ca_certificates)
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 @dataclass
 class _Audit:
     """What the SCP counts for one association until it ends (stored instances are counted in the index)."""
@@ -183,7 +223,10 @@ class StorageSCP:
         self.index = index
         self.spool = spool
         self._server: Any = None
+        self._tls_server: Any = None  # a second, TLS listener when node.tls.port is set
         self._audits: dict[int, _Audit] = {}
+        self._rejections: dict[int, str] = {}  # why this node rejected an association (not pynetdicom)
+        self._allowed_hosts: dict[str, frozenset[str] | None] = {}  # set by start()
         self._lock = threading.Lock()
         self._instance_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
         #: hashing, staging writes and folder fsyncs: up to three at a time for each association
@@ -215,6 +258,13 @@ class StorageSCP:
     def port(self) -> int:
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        """The port that takes DICOM TLS: ``port`` when the node listens on TLS only, else the extra one."""
+        if self._tls_server is not None:
+            return int(self._tls_server.server_address[1])
+        return self.port if self.settings.node.tls is not None else None
+
     def start(self) -> None:
         node = self.settings.node
         try:
@@ -239,13 +289,26 @@ class StorageSCP:
             (evt.EVT_ABORTED, self.handle_closed, ["aborted"]),
             (evt.EVT_REJECTED, self.handle_rejected),
         ]
-        self._server = self.ae.start_server((node.bind, node.port), block=False, evt_handlers=handlers)
-        logger.info("SCP %s listening on %s:%d", node.ae_title, node.bind, self.port)
+        self._allowed_hosts = resolve_source_hosts(self.settings.sources)
+        tls = node.tls
+        context = None if tls is None else server_ssl_context(tls)
+        plain_only = tls is not None and tls.port is None
+        self._server = start_server(
+            self.ae, (node.bind, node.port), handlers, context if plain_only else None
+        )
+        logger.info(
+            "SCP %s listening on %s:%d%s", node.ae_title, node.bind, self.port, " (TLS)" if plain_only else ""
+        )
+        if tls is not None and tls.port is not None:
+            self._tls_server = start_server(self.ae, (node.bind, tls.port), handlers, context)
+            logger.info("SCP %s listening on %s:%d (TLS)", node.ae_title, node.bind, self.tls_port)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        self._server = self._tls_server = None
         self._io.shutdown(wait=True)
         self._io = self._executor()  # for a restart
 
@@ -275,6 +338,14 @@ class StorageSCP:
         calling_ae_title = str(request.calling_ae_title).strip()
         if calling_ae_title not in self.ae.require_calling_aet:
             return  # the association is rejected during negotiation
+        hosts = self._allowed_hosts.get(calling_ae_title)
+        if hosts is not None and assoc.requestor.address not in hosts:
+            self._reject(
+                assoc,
+                f"calling AE title '{calling_ae_title}' is not allowed from {assoc.requestor.address}"
+                f" (sources allow it from {', '.join(sorted(hosts))})",
+            )
+            return
         proposed: dict[str, list[str]] = {}
         for context in request.presentation_context_definition_list:
             syntaxes = proposed.setdefault(str(context.abstract_syntax), [])
@@ -292,6 +363,16 @@ class StorageSCP:
             except ValueError:
                 logger.warning("could not offer a context for the proposed SOP class %r", sop_class_uid[:80])
         assoc.acceptor.supported_contexts = contexts
+
+    def _reject(self, assoc: Any, detail: str) -> None:
+        """Reject during EVT_REQUESTED: permanent, service user, calling AE title not recognised."""
+        with self._lock:
+            self._rejections[id(assoc)] = detail
+        assoc.requestor.ae_title = assoc.requestor.primitive.calling_ae_title  # set by negotiation, later
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.is_rejected = True
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
 
     # -- association audit ----------------------------------------------------------------------------
 
@@ -338,7 +419,11 @@ class StorageSCP:
         requestor = event.assoc.requestor
         calling_ae_title = str(requestor.ae_title).strip()
         called_ae_title = str(event.assoc.acceptor.ae_title).strip()
-        if calling_ae_title not in self.ae.require_calling_aet:
+        with self._lock:
+            own_reason = self._rejections.pop(id(event.assoc), None)
+        if own_reason is not None:
+            detail = own_reason
+        elif calling_ae_title not in self.ae.require_calling_aet:
             detail = f"calling AE title '{calling_ae_title}' is not in sources"
         elif (
             requestor.primitive is not None
