@@ -90,9 +90,9 @@ def encode_results(
       source (``question`` is what a VQA or retrieval answer answers);
     * SC key image when it has masks or boxes.
 
-    A whole-slide source gets no SR (SCOORDs on slides are not written yet), and its SEG only where the
-    slide carries the geometry a tiled SEG copies (logged otherwise). ``EncodeError`` when the result holds
-    nothing at all to encode.
+    A whole-slide source gets its SEG only where the slide carries the geometry a tiled SEG copies (logged
+    otherwise); its SR then outlines the structures without referencing a SEG. ``EncodeError`` when the
+    result holds nothing at all to encode.
     """
     if not (result.masks or _has_report_content(result, question)):
         raise EncodeError("Invalid 'result' - it holds no masks, boxes, labels or text, nothing to encode")
@@ -118,15 +118,6 @@ def encode_results(
             logger.warning("series %s: no SEG of the whole-slide image: %s", volume.series_instance_uid, exc)
         else:
             objects.append(EncodedObject(OutputKind.SEG, seg))
-    if tiled:
-        logger.info(
-            "series %s is a whole-slide image: no SR (SCOORDs on slides are not written yet)",
-            volume.series_instance_uid,
-        )
-        if result.masks or result.boxes:
-            sc = encode_sc(volume, result.masks, result.boxes, algorithm_name, algorithm_version, context)
-            objects.append(EncodedObject(OutputKind.SC, sc))
-        return objects
     if _has_report_content(result, question):
         sr = encode_measurement_report(
             volume, result, algorithm_name, algorithm_version, context, seg=seg, question=question

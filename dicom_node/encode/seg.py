@@ -258,6 +258,16 @@ def _drop_unknown_pixel_spacing(segmentation: Dataset) -> None:
         del shared.PixelMeasuresSequence
 
 
+def _set_patient_orientation(segmentation: Dataset, source: Dataset) -> None:
+    """Write Patient Orientation (General Image, Type 2C) as the source gives it, empty where it gives none.
+
+    Required where the frames carry no Image Orientation (Patient) (projection and ultrasound images). A SEG
+    over a slide orients its frames with Image Orientation (Slide): there the attribute "may be present",
+    zero length when other attributes give the orientation (PS3.3 C.7.6.1), and dciodvfy asks for it.
+    """
+    segmentation.PatientOrientation = source.get("PatientOrientation") or None
+
+
 def encode_seg(
     volume: Volume,
     masks: Mapping[str, np.ndarray],
@@ -340,9 +350,9 @@ def encode_seg(
     _make_dimension_organization_deterministic(
         segmentation, derived_uid(context, volume, "dimensions", *entropy)
     )
+    if tile_pixel_array or not has_patient_geometry(source_images[0]):
+        _set_patient_orientation(segmentation, source_images[0])
     if not tile_pixel_array and not has_patient_geometry(source_images[0]):
-        # General Image: Type 2C where the frames have no Image Orientation (Patient); copy the source's
-        segmentation.PatientOrientation = source_images[0].get("PatientOrientation") or None
         _drop_unknown_pixel_spacing(segmentation)
     add_contributing_equipment(segmentation, context, algorithm_name, algorithm_version)
     logger.info(

@@ -8,8 +8,9 @@ DESIGN.md 7):
 
   - sources in a patient frame of reference (CT, MR): TID 1411 (volumetric) referencing the SEG segment,
     Volume in ml (voxel count times ``volume.voxel_volume_ml``, whose slice distance comes from the slice
-    positions) and, for CT, the mean attenuation in HU; single 2D images (CR, DX, US): TID 1410 referencing
-    the segment's SEG frame;
+    positions) and, for CT, the mean attenuation in HU; single 2D images (CR, DX, US) and whole-slide
+    images: TID 1410 referencing the segment's SEG frame (on a slide, every tile of the segment in its tiled
+    SEG); a slide whose SEG could not be built (it lacks slide geometry) gets the outline group alone;
   - TID 1410: a closed 2D POLYLINE outlining the largest connected part of the structure on its key frame
     (where its area is largest), referencing that source frame, with the structure's Area there in mm2;
 
@@ -27,11 +28,13 @@ DESIGN.md 7):
 A result with no group of its own (a classification, a report, an answer) gets one TID 1410 group outlining
 its whole key frame (the middle one): dcmjs's MeasurementReport and several OHIF 3 releases read the Imaging
 Measurements container and the Image Library without checking that they exist. Empty structures get no
-groups; their segment stays in the SEG. Whole-slide images get no SR yet (a SCOORD on a slide needs slide
-coordinates). Measurements in mm are made only where the
-source gives a pixel spacing. The Image Library lists the images the SCOORDs point at; the evidence lists
-every source instance and the SEG. Completion PARTIAL and verification UNVERIFIED: AI output, unread.
-Image coordinates follow DICOM: (column, row), the top-left corner of the top-left pixel is (0, 0).
+groups; their segment stays in the SEG. Measurements in mm are made only where the source gives a pixel
+spacing. The Image Library lists the images the SCOORDs point at; the evidence lists every source instance
+and the SEG. Completion PARTIAL and verification UNVERIFIED: AI output, unread.
+Image coordinates follow DICOM: (column, row), the top-left corner of the top-left pixel is (0, 0). On a
+whole-slide image the loaded pyramid level is the one frame of the volume: SCOORDs reference that level's
+instance without a frame number and with Pixel Origin Interpretation VOLUME, so their coordinates are in
+its Total Pixel Matrix, not in one tile; areas on a slide are in mm2 too (a few thousandths for a gland).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import highdicom as hd
@@ -82,6 +86,7 @@ from dicom_node.encode.common import (
     known_pixel_spacing,
     knows_voxel_volume,
     long_string,
+    metadata_view,
     output_uids,
     series_number,
     source_instances,
@@ -115,7 +120,7 @@ MeasurementGroup = (
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 _HAS_PROPERTIES = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
 _SECTION_HEADING = re.compile(r"^[ \t]*(findings?|impressions?)[ \t]*:[ \t]*", re.IGNORECASE | re.MULTILINE)
-_CITATION_FIELDS = ("title", "section", "source", "url", "reference", "text", "passage", "excerpt")
+_CITATION_FIELDS = ("title", "section", "heading", "source", "url", "reference", "text", "passage", "excerpt")
 
 
 def report_sections(text: str) -> list[tuple[Code, str]]:
@@ -165,16 +170,49 @@ def _device_observer(context: EncodingContext) -> hd.sr.ObservationContext:
     )
 
 
-def _segment_numbers(seg: Dataset) -> dict[str, int]:
-    return {str(item.SegmentLabel): int(item.SegmentNumber) for item in seg.SegmentSequence}
+def _segments_of(volume: Volume, seg: Dataset | None, with_pixels: Sequence[str]) -> dict[str, int]:
+    """The segment number of each structure label in ``with_pixels`` (structures with pixels) in ``seg``.
+
+    ``seg`` may be None only over a whole-slide image, whose SEG cannot be built where the slide lacks
+    geometry (the structures then get outline groups without a segment reference); ``EncodeError`` when a
+    SEG is needed and missing, or lacks a structure.
+    """
+    if seg is None:
+        if with_pixels and not any(is_tiled(dataset) for dataset in source_instances(volume)):
+            raise EncodeError(
+                "Invalid 'seg' value None - the SEG of the masks is needed to reference its segments"
+            )
+        return {}
+    numbers = {str(item.SegmentLabel): int(item.SegmentNumber) for item in seg.SegmentSequence}
+    missing = [label for label in with_pixels if segment_label(label) not in numbers]
+    if missing:
+        raise EncodeError(
+            f"Invalid 'seg' value {seg.SOPInstanceUID} - it has no segment labelled {', '.join(missing)}"
+        )
+    return {label: numbers[segment_label(label)] for label in with_pixels}
 
 
-def _region_source(volume: Volume, index: int) -> tuple[Dataset, hd.sr.SourceImageForRegion]:
+def _image_region(volume: Volume, index: int, points: np.ndarray) -> hd.sr.ImageRegion:
+    """A closed 2D POLYLINE ``points`` ((column, row) pairs) on frame ``index`` of ``volume``.
+
+    It references the frame's source image (with its frame number for a multi-frame source). On a tiled
+    whole-slide image the frame is the loaded level's Total Pixel Matrix: the level is referenced without a
+    frame number and the SCOORD says its Pixel Origin Interpretation is VOLUME (coordinates relative to the
+    Total Pixel Matrix, not to one tile).
+    """
     dataset, frame_number = frame_sources(volume)[index]
-    return dataset, hd.sr.SourceImageForRegion(
+    source = hd.sr.SourceImageForRegion(
         dataset.SOPClassUID,
         dataset.SOPInstanceUID,
         referenced_frame_numbers=None if frame_number is None else [frame_number],
+    )
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=points,
+        source_image=source,
+        pixel_origin_interpretation=(
+            hd.sr.PixelOriginInterpretationValues.VOLUME if is_tiled(dataset) else None
+        ),
     )
 
 
@@ -186,8 +224,17 @@ def _frame_attribute(seg: Dataset, frame: Dataset, keyword: str) -> Dataset | No
     return shared[keyword].value[0] if keyword in shared else None
 
 
-def _seg_frame_number(seg: Dataset, segment_number: int, dataset: Dataset, frame_number: int | None) -> int:
-    """The SEG frame of ``segment_number`` derived from ``dataset`` (frame ``frame_number``)."""
+def _seg_frame_numbers(
+    seg: Dataset, segment_number: int, dataset: Dataset, frame_number: int | None
+) -> list[int]:
+    """The SEG frames of ``segment_number`` derived from ``dataset`` (frame ``frame_number``).
+
+    One frame for a SEG over single images or frames; every frame of the segment for a tiled SEG (over a
+    whole-slide image): its frames are tiles of the segment over the source's Total Pixel Matrix, derived
+    from the source as a whole (highdicom lists the source once, in the SEG's Source Image Sequence).
+    """
+    if _is_tiled_segmentation(seg):
+        return _tiled_seg_frame_numbers(seg, segment_number, dataset)
     frames = seg.get("PerFrameFunctionalGroupsSequence") or [Dataset()] * int(seg.NumberOfFrames)
     for number, frame in enumerate(frames, start=1):
         segment = _frame_attribute(seg, frame, "SegmentIdentificationSequence")
@@ -198,11 +245,36 @@ def _seg_frame_number(seg: Dataset, segment_number: int, dataset: Dataset, frame
             if source.ReferencedSOPInstanceUID != dataset.SOPInstanceUID:
                 continue
             if frame_number is None or int(source.get("ReferencedFrameNumber", 1)) == frame_number:
-                return number
+                return [number]
     raise EncodeError(
         f"Invalid 'seg' value {seg.SOPInstanceUID} - segment {segment_number} has no frame derived from "
         f"{dataset.SOPInstanceUID}"
     )
+
+
+def _is_tiled_segmentation(seg: Dataset) -> bool:
+    """Whether ``seg``'s frames are tiles of a Total Pixel Matrix (a SEG over a whole-slide image)."""
+    return "TotalPixelMatrixRows" in seg
+
+
+def _tiled_seg_frame_numbers(seg: Dataset, segment_number: int, dataset: Dataset) -> list[int]:
+    """Every frame (tile) of ``segment_number`` in a tiled SEG that names ``dataset`` as its source."""
+    sources = {str(item.ReferencedSOPInstanceUID) for item in seg.get("SourceImageSequence", [])}
+    if str(dataset.SOPInstanceUID) not in sources:
+        raise EncodeError(
+            f"Invalid 'seg' value {seg.SOPInstanceUID} - it is not derived from whole-slide image "
+            f"{dataset.SOPInstanceUID}"
+        )
+    frames = seg.get("PerFrameFunctionalGroupsSequence") or [Dataset()] * int(seg.NumberOfFrames)
+    numbers = [
+        number
+        for number, frame in enumerate(frames, start=1)
+        if (segment := _frame_attribute(seg, frame, "SegmentIdentificationSequence")) is not None
+        and int(segment.ReferencedSegmentNumber) == segment_number
+    ]
+    if not numbers:
+        raise EncodeError(f"Invalid 'seg' value {seg.SOPInstanceUID} - segment {segment_number} has no frame")
+    return numbers
 
 
 def _drop_segment_number_beside_frame_number(group: MeasurementGroup) -> None:
@@ -219,110 +291,163 @@ def _drop_segment_number_beside_frame_number(group: MeasurementGroup) -> None:
 def _area_measurement(
     pixels: float, spacing: tuple[float, float] | None, algorithm: hd.sr.AlgorithmIdentification
 ) -> list[hd.sr.Measurement]:
+    """The Area of ``pixels`` pixels in mm2, none where the spacing is unknown.
+
+    Rounded to 6 significant digits, not to a fixed number of decimals: a region on a slide (pixels about
+    1 um apart) covers a few thousandths of a mm2.
+    """
     if spacing is None:
         return []
     return [
         hd.sr.Measurement(
             name=AREA,
-            value=round(pixels * spacing[0] * spacing[1], 1),
+            value=float(f"{pixels * spacing[0] * spacing[1]:.6g}"),
             unit=SQUARE_MILLIMETER,
             algorithm_id=algorithm,
         )
     ]
 
 
+@dataclass(frozen=True)
+class _Structure:
+    """What every measurement group of one structure shares: tracking, finding codes, algorithm."""
+
+    tracking: hd.sr.TrackingIdentifier
+    type: Code
+    category: Code
+    finding_sites: list[hd.sr.FindingSite] | None
+    algorithm: hd.sr.AlgorithmIdentification
+
+    @classmethod
+    def of(cls, label: str, uid: str, algorithm: hd.sr.AlgorithmIdentification) -> _Structure:
+        coded = structure_codes(label)
+        sites = None
+        if coded.laterality is not None:
+            sites = [hd.sr.FindingSite(anatomic_location=coded.type, laterality=coded.laterality)]
+        return cls(
+            tracking=hd.sr.TrackingIdentifier(uid=uid, identifier=segment_label(label)),
+            type=coded.type,
+            category=coded.category,
+            finding_sites=sites,
+            algorithm=algorithm,
+        )
+
+
+def _volumetric_segment_group(
+    volume: Volume, seg: Dataset, segment_number: int, mask: np.ndarray, structure: _Structure
+) -> MeasurementGroup:
+    """TID 1411 referencing the SEG segment, with the Volume in ml and, for CT, the mean attenuation."""
+    algorithm = structure.algorithm
+    measurements = []
+    if knows_voxel_volume(volume):
+        measurements.append(
+            hd.sr.Measurement(
+                name=VOLUME,
+                value=round(int(np.count_nonzero(mask)) * volume.voxel_volume_ml, 3),
+                unit=MILLILITER,
+                algorithm_id=algorithm,
+            )
+        )
+    if volume.modality.upper() == "CT" and not is_colour(volume):
+        measurements.append(
+            hd.sr.Measurement(
+                name=ATTENUATION_COEFFICIENT,
+                value=round(float(volume.array[mask].mean()), 1),
+                unit=HOUNSFIELD_UNIT,
+                derivation=MEAN,
+                algorithm_id=algorithm,
+            )
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=structure.tracking,
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=segment_number,
+            source_images=[
+                hd.sr.SourceImageForSegmentation(d.SOPClassUID, d.SOPInstanceUID)
+                for d in source_instances(volume)
+            ],
+        ),
+        finding_type=structure.type,
+        finding_category=structure.category,
+        finding_sites=structure.finding_sites,
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def _planar_segment_group(
+    volume: Volume, seg: Dataset, segment_number: int, index: int, structure: _Structure
+) -> MeasurementGroup:
+    """TID 1410 referencing the segment's SEG frames derived from frame ``index`` of the volume: the one
+    frame of a 2D image's SEG, every tile of a slide's tiled SEG."""
+    dataset, frame_number = frame_sources(volume)[index]
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=structure.tracking,
+        referenced_segment=hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            frame_number=_seg_frame_numbers(seg, segment_number, dataset, frame_number),
+            segment_number=segment_number,
+            source_image=hd.sr.SourceImageForSegmentation(
+                dataset.SOPClassUID,
+                dataset.SOPInstanceUID,
+                referenced_frame_numbers=None if frame_number is None else [frame_number],
+            ),
+        ),
+        finding_type=structure.type,
+        finding_category=structure.category,
+        finding_sites=structure.finding_sites,
+        algorithm_id=structure.algorithm,
+    )
+    _drop_segment_number_beside_frame_number(group)
+    return group
+
+
+def _outline_group(
+    volume: Volume, mask: np.ndarray, index: int, structure: _Structure
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: the closed outline of the structure's largest part on frame ``index``, with its area there.
+
+    On a tiled slide the frame is the loaded level's Total Pixel Matrix, referenced without a frame number.
+    """
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=structure.tracking,
+        referenced_region=_image_region(volume, index, outline(mask[index])),
+        finding_type=structure.type,
+        finding_category=structure.category,
+        finding_sites=structure.finding_sites,
+        algorithm_id=structure.algorithm,
+        measurements=_area_measurement(
+            int(np.count_nonzero(mask[index])), known_pixel_spacing(volume), structure.algorithm
+        ),
+    )
+
+
 def _structure_groups(
     volume: Volume,
-    seg: Dataset,
-    segment_number: int,
+    segment: tuple[Dataset, int] | None,
     label: str,
     mask: np.ndarray,
     algorithm: hd.sr.AlgorithmIdentification,
     uid: str,
 ) -> list[MeasurementGroup]:
-    structure = structure_codes(label)
-    finding_sites = (
-        [hd.sr.FindingSite(anatomic_location=structure.type, laterality=structure.laterality)]
-        if structure.laterality is not None
-        else None
-    )
-    tracking = hd.sr.TrackingIdentifier(uid=uid, identifier=segment_label(label))
-    spacing = known_pixel_spacing(volume)
+    """The groups of one structure, sharing its Tracking Identifier and UID: the one referencing its SEG
+    segment (``segment``: the SEG and the segment number; TID 1411 in a patient frame of reference, else
+    TID 1410), then its outline (TID 1410).
+
+    Without ``segment`` (a slide whose SEG could not be built) the outline group alone.
+    """
+    structure = _Structure.of(label, uid, algorithm)
     index = key_slice(mask)
-    dataset, region_source = _region_source(volume, index)
-    if has_patient_geometry(dataset):
-        measurements = []
-        if knows_voxel_volume(volume):
-            measurements.append(
-                hd.sr.Measurement(
-                    name=VOLUME,
-                    value=round(int(np.count_nonzero(mask)) * volume.voxel_volume_ml, 3),
-                    unit=MILLILITER,
-                    algorithm_id=algorithm,
-                )
-            )
-        if volume.modality.upper() == "CT" and not is_colour(volume):
-            measurements.append(
-                hd.sr.Measurement(
-                    name=ATTENUATION_COEFFICIENT,
-                    value=round(float(volume.array[mask].mean()), 1),
-                    unit=HOUNSFIELD_UNIT,
-                    derivation=MEAN,
-                    algorithm_id=algorithm,
-                )
-            )
-        segment_group: MeasurementGroup = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID,
-                sop_instance_uid=seg.SOPInstanceUID,
-                segment_number=segment_number,
-                source_images=[
-                    hd.sr.SourceImageForSegmentation(d.SOPClassUID, d.SOPInstanceUID)
-                    for d in source_instances(volume)
-                ],
-            ),
-            finding_type=structure.type,
-            finding_category=structure.category,
-            finding_sites=finding_sites,
-            algorithm_id=algorithm,
-            measurements=measurements,
-        )
-    else:
-        frame_number = frame_sources(volume)[index][1]
-        segment_group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_segment=hd.sr.ReferencedSegmentationFrame(
-                sop_class_uid=seg.SOPClassUID,
-                sop_instance_uid=seg.SOPInstanceUID,
-                frame_number=_seg_frame_number(seg, segment_number, dataset, frame_number),
-                segment_number=segment_number,
-                source_image=hd.sr.SourceImageForSegmentation(
-                    dataset.SOPClassUID,
-                    dataset.SOPInstanceUID,
-                    referenced_frame_numbers=None if frame_number is None else [frame_number],
-                ),
-            ),
-            finding_type=structure.type,
-            finding_category=structure.category,
-            finding_sites=finding_sites,
-            algorithm_id=algorithm,
-        )
-        _drop_segment_number_beside_frame_number(segment_group)
-    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=outline(mask[index]),
-            source_image=region_source,
-        ),
-        finding_type=structure.type,
-        finding_category=structure.category,
-        finding_sites=finding_sites,
-        algorithm_id=algorithm,
-        measurements=_area_measurement(int(np.count_nonzero(mask[index])), spacing, algorithm),
-    )
-    return [segment_group, planar]
+    groups: list[MeasurementGroup] = []
+    if segment is not None and has_patient_geometry(frame_sources(volume)[index][0]):
+        groups.append(_volumetric_segment_group(volume, *segment, mask, structure))
+    elif segment is not None:
+        groups.append(_planar_segment_group(volume, *segment, index, structure))
+    groups.append(_outline_group(volume, mask, index, structure))
+    return groups
 
 
 def _box_group(
@@ -342,7 +467,6 @@ def _box_group(
             f"Invalid box '{box.label}' {tuple(box.xyxy)} - must lie within the {columns} x {rows} image"
         )
     structure = structure_codes(box.label)
-    _, region_source = _region_source(volume, box.frame)
     measurements = [
         hd.sr.Measurement(
             name=PROBABILITY, value=round(float(box.score), 4), unit=NO_UNITS, algorithm_id=algorithm
@@ -353,11 +477,7 @@ def _box_group(
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=long_string(box.label.strip())),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box_outline(box.xyxy),
-            source_image=region_source,
-        ),
+        referenced_region=_image_region(volume, box.frame, box_outline(box.xyxy)),
         finding_type=structure.type,
         finding_category=structure.category,
         algorithm_id=algorithm,
@@ -380,7 +500,6 @@ def _whole_image_group(
     label as its finding and probability; everything else is in the Qualitative Evaluations container.
     """
     frames, rows, columns = frame_shape(volume)
-    _, region_source = _region_source(volume, frames // 2)
     finding, measurements = None, []
     if result.labels:
         label = min(result.labels, key=lambda name: (-float(result.labels[name]), name))
@@ -400,10 +519,8 @@ def _whole_image_group(
         identifier = "AI report"
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box_outline((0.0, 0.0, columns - 1.0, rows - 1.0)),
-            source_image=region_source,
+        referenced_region=_image_region(
+            volume, frames // 2, box_outline((0.0, 0.0, columns - 1.0, rows - 1.0))
         ),
         finding_type=finding,
         algorithm_id=algorithm,
@@ -521,6 +638,12 @@ def _referenced_images(volume: Volume, groups: Sequence[MeasurementGroup]) -> li
     return [d for d in source_instances(volume) if str(d.SOPInstanceUID) in referenced]
 
 
+def _evidence(volume: Volume) -> list[Dataset]:
+    """Metadata views of the source instances: highdicom copies the Patient and General Study modules from
+    the first, and a source may lack their Type 2 attributes (a whole-slide image without Patient ID)."""
+    return [metadata_view(dataset) for dataset in source_instances(volume)]
+
+
 def report_entropy(
     result: ToolResult, algorithm_name: str, algorithm_version: str, question: str | None
 ) -> tuple:
@@ -551,32 +674,28 @@ def encode_measurement_report(
 ) -> Dataset:
     """A TID 1500 Measurement Report of ``result`` over ``volume`` (what goes where: the module docstring).
 
-    ``seg`` is the SEG ``encode_seg`` made of ``result.masks``; it is needed when a mask has pixels.
+    ``seg`` is the SEG ``encode_seg`` made of ``result.masks``; it is needed when a mask has pixels, except
+    over a whole-slide image whose SEG could not be built (its structures then get outline groups alone).
     ``question`` is the question a VQA or retrieval answer (``result.text``) answers. ``EncodeError`` when
     the result holds nothing to report, or its masks, boxes or labels do not fit the volume.
     """
     if result.status is not ToolStatus.OK:
         raise EncodeError(f"Invalid 'result' - its status is {result.status.value}, not ok: {result.error}")
-    if any(is_tiled(dataset) for dataset in source_instances(volume)):
-        raise EncodeError("cannot build an SR over a tiled whole-slide image yet; its SEG carries the result")
     checked = checked_masks(volume, result.masks) if result.masks else {}
     labels = list(checked)
     with_pixels = [label for label in labels if checked[label].any()]
-    if with_pixels and seg is None:
-        raise EncodeError(
-            "Invalid 'seg' value None - the SEG of the masks is needed to reference its segments"
-        )
-    segment_numbers = _segment_numbers(seg) if with_pixels and seg is not None else {}
-    missing = [label for label in with_pixels if segment_label(label) not in segment_numbers]
-    if missing:
-        raise EncodeError(
-            f"Invalid 'seg' value {seg.SOPInstanceUID} - it has no segment labelled {', '.join(missing)}"  # type: ignore[union-attr]
-        )
+    segment_numbers = _segments_of(volume, seg, with_pixels)
     entropy = report_entropy(result, algorithm_name, algorithm_version, question)
     series_instance_uid, sop_instance_uid = output_uids(context, volume, OutputKind.SR, *entropy)
     algorithm = hd.sr.AlgorithmIdentification(
         name=long_string(algorithm_name), version=long_string(algorithm_version)
     )
+    if with_pixels and seg is None:
+        logger.info(
+            "SR %s: no SEG of whole-slide image %s; structure outlines reference no segment",
+            sop_instance_uid,
+            source_instances(volume)[0].SOPInstanceUID,
+        )
     groups: list[MeasurementGroup] = []
     for number, label in enumerate(labels, start=1):
         if label not in with_pixels:
@@ -584,8 +703,7 @@ def encode_measurement_report(
             continue
         groups += _structure_groups(
             volume,
-            seg,  # type: ignore[arg-type]
-            segment_numbers[segment_label(label)],
+            None if seg is None else (seg, segment_numbers[label]),
             label,
             checked[label],
             algorithm,
@@ -610,7 +728,7 @@ def encode_measurement_report(
     seg_evidence = [seg] if seg is not None and with_pixels else []
     try:
         document = hd.sr.Comprehensive3DSR(
-            evidence=[*source_instances(volume), *seg_evidence],
+            evidence=[*_evidence(volume), *seg_evidence],
             content=_report_content(volume, context, groups, evaluations, _referenced_images(volume, groups)),
             series_instance_uid=series_instance_uid,
             series_number=series_number(context, OutputKind.SR),

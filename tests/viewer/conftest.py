@@ -1,4 +1,5 @@
-"""The real-data fixtures of the encoder tests (chest CT and its lung masks, sagittal MR and its head mask)."""
+"""The real-data fixtures of the encoder tests (chest CT and its lung masks, sagittal MR and its head mask,
+the whole-slide image)."""
 
 from tests.unit.dicom_node.conftest import (  # noqa: F401  (fixtures, registered by being imported here)
     brain_mr,
@@ -6,4 +7,5 @@ from tests.unit.dicom_node.conftest import (  # noqa: F401  (fixtures, registere
     encoding_context,
     head_mask,
     lung_masks,
+    whole_slide,
 )

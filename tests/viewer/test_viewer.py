@@ -27,6 +27,8 @@ from tests.helpers.peers import shared_data
 from tools.base import Box, ToolResult, ToolStatus
 
 VIEWER = Path(__file__).resolve().parent
+# a box on the whole-slide image's loaded level (1110 x 1483), across four of its 500 x 500 tiles
+SLIDE_BOX = Box(label="tumour", frame=0, xyxy=(400, 450, 699, 799), score=0.75, rows=1483, columns=1110)
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(
     NODE is None, reason="Node.js ('node') is not on the PATH; the viewer checks need it"
@@ -121,7 +123,7 @@ def test_ohif_builds_our_sagittal_mr_mask_from_the_seg(
 
 @pytest.fixture(scope="module")
 def sr_summaries(
-    node_modules, chest_ct, lung_masks, brain_mr, encoding_context, tmp_path_factory
+    node_modules, chest_ct, lung_masks, brain_mr, whole_slide, encoding_context, tmp_path_factory
 ) -> dict[str, dict]:
     """Every kind of SR the node writes, as dcmjs reads it."""
     folder = tmp_path_factory.mktemp("sr")
@@ -151,6 +153,13 @@ def sr_summaries(
             {"question": "Why is fat bright on T1?"},
         ),
         "vqa": (brain_mr, ToolResult(status=ok, text="A sagittal T1 image."), {"question": "What is shown?"}),
+        "slide": (
+            whole_slide,
+            ToolResult(
+                status=ok, labels={"adenocarcinoma": 0.8}, boxes=[SLIDE_BOX], text="Glands in stroma."
+            ),
+            {},
+        ),
     }
     paths = []
     for name, (volume, result, options) in reports.items():
@@ -158,7 +167,12 @@ def sr_summaries(
         paths.append(folder / f"{name}.dcm")
         pydicom.dcmwrite(paths[-1], dataset, enforce_file_format=True)
     summaries = json.loads(_node("sr_groups.mjs", *map(str, paths)))
-    return {"seg": seg, "chest_ct": chest_ct, **dict(zip(reports, summaries, strict=True))}
+    return {
+        "seg": seg,
+        "chest_ct": chest_ct,
+        "whole_slide": whole_slide,
+        **dict(zip(reports, summaries, strict=True)),
+    }
 
 
 def _evaluations(summary: dict) -> list[tuple[str, str]]:
@@ -168,7 +182,9 @@ def _evaluations(summary: dict) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.parametrize("name", ["segmentation", "boxes", "classification", "report", "retrieval", "vqa"])
+@pytest.mark.parametrize(
+    "name", ["segmentation", "boxes", "classification", "report", "retrieval", "vqa", "slide"]
+)
 def test_dcmjs_reads_every_sr_as_an_ai_measurement_report(sr_summaries, name) -> None:
     summary = sr_summaries[name]
     assert summary["template"] == "1500"
@@ -240,4 +256,18 @@ def test_dcmjs_finds_classification_report_and_answers(sr_summaries) -> None:
     assert _evaluations(sr_summaries["vqa"]) == [
         ("Question", "What is shown?"),
         ("Answer", "A sagittal T1 image."),
+    ]
+
+
+def test_dcmjs_finds_the_slide_box_on_the_total_pixel_matrix_of_the_loaded_level(sr_summaries) -> None:
+    level = sr_summaries["whole_slide"].datasets[0]
+    (group,) = sr_summaries["slide"]["groups"]
+    (scoord,) = group["scoords"]
+    assert (scoord["sopInstanceUID"], scoord["frames"]) == (level.SOPInstanceUID, [])
+    assert scoord["points"] == [400, 450, 700, 450, 700, 800, 400, 800, 400, 450]
+    assert group["numbers"]["Probability"]["value"] == 0.75
+    assert group["numbers"]["Area"]["unit"] == "mm2"
+    assert _evaluations(sr_summaries["slide"]) == [
+        ("Finding", "adenocarcinoma"),
+        ("Finding", "Glands in stroma."),
     ]

@@ -10,11 +10,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from scipy import ndimage
 
 from dicom_node.encode import EncodingContext
@@ -162,6 +164,50 @@ def tissue_mask(whole_slide: Volume) -> np.ndarray:
     tissue = ndimage.binary_fill_holes(largest_component(ndimage.binary_closing(stained, iterations=2)))
     assert 0.05 < tissue.mean() < 0.95
     return tissue[None]
+
+
+def complete_slide_geometry(dataset: Dataset) -> None:
+    """Add to a ``sm_wsi_cmu1_jpeg`` instance the Type 1 slide attributes its converter left out and a tiled
+    SEG needs, as a conformant converter writes them; nothing else (the rest dciodvfy reports missing in the
+    source is not copied into a SEG, so the SEG does not need it).
+    """
+    # Microscope Slide Layer Tile Organization, Type 1: where the Total Pixel Matrix lies on the slide; the
+    # SEG copies it and places its tiles (Plane Position (Slide)) from it. The slide corner: offsets 0 mm.
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = "0.0"
+    origin.YOffsetInSlideCoordinateSystem = "0.0"
+    dataset.TotalPixelMatrixOriginSequence = [origin]
+    # Optical Path, Type 1 (Number of Optical Paths Type 1C with TILED_FULL): one brightfield path, white
+    # light (an illumination colour or wavelength is Type 1C); H&E is imaged that way.
+    path = Dataset()
+    path.OpticalPathIdentifier = "1"
+    path.IlluminationTypeCodeSequence = [hd.sr.CodedConcept.from_code(codes.DCM.BrightfieldIllumination)]
+    path.IlluminationColorCodeSequence = [hd.sr.CodedConcept.from_code(codes.cid8122.FullSpectrum)]
+    dataset.OpticalPathSequence = [path]
+    dataset.NumberOfOpticalPaths = 1
+    # Pixel Measures, Slice Thickness Type 1C (required unless Volumetric Properties is SAMPLED or
+    # DISTORTED): the SEG copies the Pixel Measures, and highdicom reads no SEG without it. 4 um: a usual
+    # H&E section; the source does not say.
+    dataset.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness = "0.004"
+
+
+@pytest.fixture(scope="session")
+def completed_slide_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A copy of ``sm_wsi_cmu1_jpeg``, every level completed by ``complete_slide_geometry``."""
+    folder = tmp_path_factory.mktemp("sm_wsi_completed")
+    paths = []
+    for source in sorted(shared_data("sm_wsi_cmu1_jpeg").glob("*.dcm")):
+        dataset = pydicom.dcmread(source)
+        complete_slide_geometry(dataset)
+        paths.append(folder / source.name)
+        dataset.save_as(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def completed_slide(completed_slide_files: list[Path]) -> Volume:
+    """``sm_wsi_cmu1_jpeg`` with the slide geometry a tiled SEG needs, loaded like ``whole_slide``."""
+    return load_volume(read_series(completed_slide_files))
 
 
 @pytest.fixture(scope="session")

@@ -331,7 +331,30 @@ def test_seg_over_the_whole_slide_image_names_what_it_lacks(
         "1",
         encoding_context,
     )
-    assert [o.kind for o in objects] == [OutputKind.SC]
+    assert [o.kind for o in objects] == [OutputKind.SR, OutputKind.SC]  # the SR outlines, no SEG to reference
+
+
+def test_seg_over_a_completed_whole_slide_image_tiles_the_mask_over_its_total_pixel_matrix(
+    completed_slide, whole_slide, tissue_mask, encoding_context, tmp_path, dciodvfy
+) -> None:
+    """The same slide with the Type 1 slide geometry its converter left out (``complete_slide_geometry``)."""
+    level = completed_slide.datasets[0]
+    assert level.SOPInstanceUID == whole_slide.datasets[0].SOPInstanceUID  # the same level, 1483 x 1110
+    np.testing.assert_array_equal(completed_slide.array, whole_slide.array)
+    dataset = encode_seg(completed_slide, {"tissue": tissue_mask}, "threshold", "1", encoding_context)
+    path, seg = _read_seg(dataset, tmp_path)
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    assert (seg.DimensionOrganizationType, int(seg.NumberOfFrames)) == ("TILED_SPARSE", 9)
+    assert (int(seg.TotalPixelMatrixRows), int(seg.TotalPixelMatrixColumns)) == (1483, 1110)
+    assert (int(seg.Rows), int(seg.Columns)) == (int(level.Rows), int(level.Columns))
+    assert seg.FrameOfReferenceUID == level.FrameOfReferenceUID
+    assert [float(v) for v in seg.ImageOrientationSlide] == [float(v) for v in level.ImageOrientationSlide]
+    assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == level.SOPInstanceUID
+    pixel_spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in pixel_spacing] == [0.000998, 0.000998]
+    pixels = seg.get_total_pixel_matrix(segment_numbers=[1], dtype=bool)
+    assert pixels.shape == (1483, 1110, 1)
+    np.testing.assert_array_equal(pixels[..., 0], tissue_mask[0])
 
 
 def test_seg_of_a_multi_frame_source_references_its_frames(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import highdicom as hd
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 from scipy import ndimage
 
+from dicom_node.encode import OutputKind, encode_results
 from dicom_node.encode.codes import FINDING
 from dicom_node.encode.seg import encode_seg
 from dicom_node.encode.sr import encode_measurement_report, encode_sr, key_slice, outline, report_sections
@@ -392,3 +394,182 @@ def test_segmentation_srs_keep_the_ohif_pairing(sr_file, chest_cr, cr_lung_mask,
     seg = encode_seg(chest_cr, {"lung": cr_lung_mask}, "threshold", "1", encoding_context)
     planar = encode_sr(chest_cr, seg, {"lung": cr_lung_mask}, "threshold", "1", encoding_context)
     assert _every_tracking_uid_has_a_2d_scoord(planar)
+
+
+SLIDE_SPACING = 0.000998  # mm, the loaded level's Pixel Spacing (shared Pixel Measures)
+
+
+def _scoords(dataset):
+    """Every SCOORD of every measurement group, with its group."""
+    return [
+        (group, item)
+        for group in _groups(dataset)
+        for item in group.ContentSequence
+        if item.ValueType == "SCOORD"
+    ]
+
+
+def _assert_on_the_level(scoord, level) -> np.ndarray:
+    """The SCOORD's points, after checking that they lie in the level's Total Pixel Matrix and that it
+    references the level as a whole (no frame number, Pixel Origin Interpretation VOLUME)."""
+    reference = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+    assert reference.ReferencedSOPInstanceUID == level.SOPInstanceUID
+    assert reference.ReferencedSOPClassUID == level.SOPClassUID
+    assert "ReferencedFrameNumber" not in reference
+    assert scoord.PixelOriginInterpretation == "VOLUME"
+    points = np.array(scoord.GraphicData, dtype=float).reshape(-1, 2)
+    columns, rows = int(level.TotalPixelMatrixColumns), int(level.TotalPixelMatrixRows)
+    assert np.all(points >= 0) and np.all(points[:, 0] <= columns) and np.all(points[:, 1] <= rows)
+    np.testing.assert_array_equal(points[0], points[-1])
+    return points
+
+
+def _evidence_uids(dataset) -> set[str]:
+    return {
+        str(instance.ReferencedSOPInstanceUID)
+        for study in dataset.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    }
+
+
+def test_sr_over_the_whole_slide_image_reports_labels_boxes_and_text_on_its_total_pixel_matrix(
+    whole_slide, encoding_context, tmp_path, dciodvfy
+) -> None:
+    level = whole_slide.datasets[0]
+    rows, columns = whole_slide.array.shape[1:3]
+    assert (rows, columns) == (int(level.TotalPixelMatrixRows), int(level.TotalPixelMatrixColumns))
+    boxes = [
+        Box(label="tumour", frame=0, xyxy=(600, 700, 899, 1099), score=0.75, rows=rows, columns=columns),
+        # the bottom right corner, past the tiles' edge: the level's 3 x 3 tiles of 500 cover 1500 x 1500
+        Box(
+            label="tumour",
+            frame=0,
+            xyxy=(1000, 1400, columns - 1, rows - 1),
+            score=0.5,
+            rows=rows,
+            columns=columns,
+        ),
+    ]
+    result = ToolResult(
+        status=ToolStatus.OK,
+        labels={"adenocarcinoma": 0.8, "normal tissue": 0.2},
+        boxes=boxes,
+        text="Findings: Glands in the stroma.\nImpression: Adenocarcinoma.",
+    )
+    path, sr = _write_read(
+        encode_measurement_report(whole_slide, result, "PathCLIP", "1", encoding_context), tmp_path
+    )
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    assert _evidence_uids(sr) == {str(level.SOPInstanceUID)}
+    scoords = _scoords(sr)
+    assert len(scoords) == 2 and len(_groups(sr)) == 2
+    for box, (group, scoord) in zip(boxes, sorted(scoords, key=lambda gs: gs[1].GraphicData[0]), strict=True):
+        x0, y0, x1, y1 = box.xyxy
+        points = _assert_on_the_level(scoord, level)
+        np.testing.assert_array_equal(
+            points, [[x0, y0], [x1 + 1, y0], [x1 + 1, y1 + 1], [x0, y1 + 1], [x0, y0]]
+        )
+        values = _group_values(group)
+        assert (values["Tracking Identifier"], values["Probability"]) == ("tumour", box.score)
+        expected_area = (x1 - x0 + 1) * (y1 - y0 + 1) * SLIDE_SPACING**2
+        assert values["Area"] == pytest.approx(expected_area, rel=1e-5)  # about 0.12 mm2, not rounded to 0.1
+    evaluations = _items(sr, "Qualitative Evaluations")[0].ContentSequence
+    assert [
+        (
+            item.ConceptNameCodeSequence[0].CodeMeaning,
+            item.get("TextValue") or item.ConceptCodeSequence[0].CodeMeaning,
+        )
+        for item in evaluations
+    ] == [
+        ("Finding", "adenocarcinoma"),
+        ("Finding", "normal tissue"),
+        ("Finding", "Glands in the stroma."),
+        ("Impression", "Adenocarcinoma."),
+    ]
+    library = _items(sr, "Image Library Group")
+    assert [
+        item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in library
+    ] == [level.SOPInstanceUID]
+    report = hd.sr.srread(path).content
+    assert [g.tracking_identifier for g in report.get_planar_roi_measurement_groups()] == ["tumour", "tumour"]
+
+
+def test_sr_of_a_slide_classification_outlines_the_whole_total_pixel_matrix(
+    whole_slide, encoding_context, tmp_path, dciodvfy
+) -> None:
+    result = ToolResult(status=ToolStatus.OK, labels={"adenocarcinoma": 0.8, "normal tissue": 0.2})
+    path, sr = _write_read(
+        encode_measurement_report(whole_slide, result, "PathCLIP", "1", encoding_context), tmp_path
+    )
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    ((group, scoord),) = _scoords(sr)
+    points = _assert_on_the_level(scoord, whole_slide.datasets[0])
+    np.testing.assert_array_equal(points, [[0, 0], [1110, 0], [1110, 1483], [0, 1483], [0, 0]])
+    assert _group_values(group)["Tracking Identifier"] == "AI classification: adenocarcinoma"
+
+
+def test_sr_over_a_slide_without_seg_outlines_the_masks_without_a_segment_reference(
+    whole_slide, tissue_mask, encoding_context, tmp_path, dciodvfy, caplog
+) -> None:
+    """The shared slide lacks the slide geometry a SEG needs: its SR carries the outline and area alone."""
+    result = ToolResult(status=ToolStatus.OK, masks={"tissue": tissue_mask})
+    with caplog.at_level(logging.INFO, logger="dicom_node.encode"):
+        objects = encode_results(whole_slide, result, "threshold", "1", encoding_context)
+    assert [o.kind for o in objects] == [OutputKind.SR, OutputKind.SC]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("no SEG of the whole-slide image" in m for m in messages), messages
+    assert any("reference no segment" in m for m in messages), messages
+    path, sr = _write_read(objects[0].dataset, tmp_path)
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    ((group, scoord),) = _scoords(sr)
+    assert not _items(sr, "Referenced Segmentation Frame") and not _items(sr, "Referenced Segment")
+    points = _assert_on_the_level(scoord, whole_slide.datasets[0])
+    canvas = Image.new("1", (1110, 1483))
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points - 0.5], fill=1, outline=1)
+    filled = np.asarray(canvas, dtype=bool)
+    assert np.count_nonzero(filled & tissue_mask[0]) / np.count_nonzero(filled | tissue_mask[0]) > 0.9
+    values = _group_values(group)
+    assert values["Tracking Identifier"] == "tissue"
+    assert values["Area"] == pytest.approx(np.count_nonzero(tissue_mask) * SLIDE_SPACING**2, rel=1e-5)
+    assert _evidence_uids(sr) == {str(whole_slide.datasets[0].SOPInstanceUID)}
+    with pytest.raises(EncodeError, match="'seg' value None"):
+        encode_measurement_report(
+            load_volume([pydicom.dcmread(get_testdata_file("CT_small.dcm"))]),
+            ToolResult(status=ToolStatus.OK, masks={"body": np.ones((1, 128, 128), bool)}),
+            "threshold",
+            "1",
+            encoding_context,
+        )
+
+
+def test_sr_over_a_completed_slide_references_every_tile_of_the_segment_in_its_seg(
+    completed_slide, tissue_mask, encoding_context, tmp_path, dciodvfy
+) -> None:
+    level = completed_slide.datasets[0]
+    result = ToolResult(status=ToolStatus.OK, masks={"tissue": tissue_mask})
+    seg, sr_dataset, _ = (
+        o.dataset for o in encode_results(completed_slide, result, "threshold", "1", encoding_context)
+    )
+    assert seg.Modality == "SEG" and sr_dataset.Modality == "SR"
+    path, sr = _write_read(sr_dataset, tmp_path)
+    assert dciodvfy(path) == [], dciodvfy_output(path)
+    segment_group, outline_group = _groups(sr)
+    frames = _items(segment_group, "Referenced Segmentation Frame")[0].ReferencedSOPSequence[0]
+    assert frames.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+    assert "ReferencedSegmentNumber" not in frames  # the frames name the segment
+    element = frames["ReferencedFrameNumber"]
+    numbers = [int(v) for v in (element.value if element.VM > 1 else [element.value])]
+    assert numbers == list(range(1, int(seg.NumberOfFrames) + 1))  # every tile of its one segment
+    source = _items(segment_group, "Source Image for Segmentation")[0].ReferencedSOPSequence[0]
+    assert source.ReferencedSOPInstanceUID == level.SOPInstanceUID and "ReferencedFrameNumber" not in source
+    tracking_uids = {
+        item.UID
+        for g in (segment_group, outline_group)
+        for item in g.ContentSequence
+        if item.ValueType == "UIDREF"
+    }
+    assert tracking_uids == {seg.SegmentSequence[0].TrackingUID}
+    ((_, scoord),) = _scoords(sr)
+    _assert_on_the_level(scoord, level)
+    assert _evidence_uids(sr) == {str(level.SOPInstanceUID), str(seg.SOPInstanceUID)}
