@@ -263,6 +263,39 @@ class QueueMode(str, Enum):
     REDIS = "redis"
 
 
+class PlannerKind(str, Enum):
+    RULES = "rules"
+    LLM = "llm"
+
+
+class PlannerSection(_Strict):
+    """Which planner turns an instruction into a Plan (issue 6).
+
+    ``rules`` (default): the declarative rules planner; ``rules`` lists extra rules tried before the
+    built-in ones (their schema is ``agent_core.planner.rules``'s). ``llm``: SmolLM2-135M-Instruct with the
+    LoRA ``adapter`` (default: the adapter committed in this repository), or the causal LM of
+    ``models.llm``; an invalid plan falls back to the rules planner and is logged.
+    """
+
+    kind: PlannerKind = PlannerKind.RULES
+    adapter: Path | None = None
+    rules: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _check_kind(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in {kind.value for kind in PlannerKind}:
+            raise ValueError(f"'{value}' must be one of rules, llm")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _check_adapter(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "adapter_config.json").is_file():
+            raise ValueError(f"'{value}' is not a LoRA adapter folder (no adapter_config.json)")
+        return value
+
+
 class QueueSection(_Strict):
     """How tool runs are queued: ``embedded`` (no external server) or ``redis`` (a broker URL)."""
 
@@ -286,15 +319,51 @@ class DeliverySection(_Strict):
 
 
 class ModelsSection(_Strict):
-    """Engine settings: the torch device (``auto`` is CUDA when present)."""
+    """Engine settings: the torch device (``auto`` is CUDA when present) and the weights a user supplies.
+
+    Every path is optional: without it the tool falls back to the engine that runs here (packaged weights
+    or a classical engine, named as such in its output). Nothing is downloaded at run time.
+
+    - ``medsam_checkpoint``: a MedSAM (or SAM) ViT checkpoint in segment-anything's ``.pth`` format;
+    - ``grounding_dino``: a Grounding DINO folder written by transformers' ``save_pretrained`` (model and
+      processor);
+    - ``biomedclip``: an open_clip model folder (``open_clip_config.json`` and
+      ``open_clip_pytorch_model.bin``, plus the tokenizer files its text tower names), as BiomedCLIP is
+      published;
+    - ``llava_med``: a LLaVA(-Med) folder written by ``save_pretrained`` (model and processor);
+    - ``llm``: a causal language model folder written by ``save_pretrained`` (model and tokenizer) used for
+      report rewriting and answers instead of the packaged SmolLM2-135M-Instruct;
+    - ``knowledge_base``: a folder of Markdown files for retrieval instead of the repository's
+      ``knowledge/``.
+    """
 
     device: str = "auto"
+    medsam_checkpoint: Path | None = None
+    grounding_dino: Path | None = None
+    biomedclip: Path | None = None
+    llava_med: Path | None = None
+    llm: Path | None = None
+    knowledge_base: Path | None = None
 
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
         if value != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
             raise ValueError(f"'{value}' must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("medsam_checkpoint")
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"'{value}' is not a readable file")
+        return value
+
+    @field_validator("grounding_dino", "biomedclip", "llava_med", "llm", "knowledge_base")
+    @classmethod
+    def _check_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"'{value}' is not a folder")
         return value
 
 
@@ -306,6 +375,7 @@ class Settings(_Strict):
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     queue: QueueSection = QueueSection()
+    planner: PlannerSection = PlannerSection()
     delivery: DeliverySection = DeliverySection()
     models: ModelsSection = ModelsSection()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -114,6 +115,42 @@ def _process_now(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _models(arguments: argparse.Namespace) -> int:
+    """Every tool, its engines, whether each can run here and why (or why not)."""
+    from agent_core.registry import ToolRegistry
+
+    settings = load_settings(arguments.config)
+    registry = ToolRegistry.default(settings.models)
+    rows = []
+    for tool in registry.tools():
+        for engine in tool.engines():
+            rows.append(
+                {
+                    "tool": tool.card.name,
+                    "queue": tool.card.queue.value,
+                    "engine": engine.name,
+                    "kind": engine.kind.value,
+                    "ready": engine.ready,
+                    "reason": engine.reason,
+                }
+            )
+    broken = [{"entry_point": name, "error": why} for name, why in registry.broken.items()]
+    if arguments.json:
+        print(json.dumps({"engines": rows, "broken": broken}, indent=1))
+        return 0
+    width = max((len(row["tool"]) for row in rows), default=4)
+    engine_width = max((len(row["engine"]) for row in rows), default=6)
+    print(f"{'tool':{width}}  {'queue':5}  {'engine':{engine_width}}  {'kind':10}  ready  why")
+    for row in rows:
+        print(
+            f"{row['tool']:{width}}  {row['queue']:5}  {row['engine']:{engine_width}}  {row['kind']:10}"
+            f"  {'yes' if row['ready'] else 'no ':5}  {row['reason']}"
+        )
+    for item in broken:
+        print(f"third-party tool {item['entry_point']} does not load: {item['error']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medagent", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
@@ -135,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a configuration file and exit")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     check.set_defaults(handler=_check)
+    models = commands.add_parser("models", help="list tools and engines, whether each can run here and why")
+    models.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=_models)
+    from agent_core.planner.commands import add_planner_commands
+
+    add_planner_commands(commands, default_config=DEFAULT_CONFIG)
     process_now = commands.add_parser(
         "process-now", help="ask the running node to complete a study now and plan it (no waiting)"
     )

@@ -50,7 +50,7 @@ class Node:
         self.spool = Spool(self.storage)
         self.scp = StorageSCP(self.settings, self.index, self.spool)
         self.outbox = Outbox(self.settings, self.index)
-        self.registry = ToolRegistry.default()
+        self.registry = ToolRegistry.default(settings.models)
         self.poll_seconds = poll_seconds
         self._stopping = threading.Event()
         self._listening_since = 0.0  # time before the SCP listened does not count as a quiet period

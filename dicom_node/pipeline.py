@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 
 from agent_core.planner import RulesPlanner, StudyContext
-from agent_core.protocol import Plan
+from agent_core.protocol import REFERENCE, Plan
 from agent_core.registry import ToolRegistry
 from config import Route, Settings
 from config.settings import GroupBy
@@ -159,6 +160,108 @@ def _results_path(settings: Settings, job_id: str, action_index: int) -> Path:
     return Path(settings.node.storage) / "results" / job_id / f"action{action_index}"
 
 
+#: DICOM keywords a tool may read (de-identified: no names, IDs, dates or UIDs)
+TOOL_METADATA_KEYWORDS = (
+    "Modality",
+    "BodyPartExamined",
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "ImageType",
+    "ViewPosition",
+    "Laterality",
+    "ImageLaterality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SliceThickness",
+    "ContrastBolusAgent",
+    "SOPClassUID",
+)
+
+
+def tool_metadata(volume: Volume) -> dict[str, str]:
+    """The de-identified header values of the series' first instance that tools may read."""
+    dataset = volume.datasets[0]
+    metadata = {}
+    for keyword in TOOL_METADATA_KEYWORDS:
+        value = dataset.get(keyword)
+        if value is None or value == "":
+            continue
+        multiple = isinstance(value, (list, tuple, MultiValue))
+        metadata[keyword] = "\\".join(map(str, value)) if multiple else str(value)
+    return metadata
+
+
+def tool_input_for(volume: Volume, params: dict[str, Any], instruction: str, device: str) -> ToolInput:
+    """What a tool gets of a series: grey pixels the way round a viewer shows them, geometry, metadata.
+
+    A MONOCHROME1 (inverted) grey image is mirrored within its value range, and its window with it, so
+    that high values are bright for every tool, as on MONOCHROME2 images; CT keeps Hounsfield units
+    (CT is never inverted). Colour images stay RGB ``uint8``.
+    """
+    image = volume.array
+    window = volume.window
+    if volume.inverted and not volume.is_color:
+        low, high = float(np.min(image)), float(np.max(image))
+        image = (low + high) - image.astype(np.float32)
+        if window is not None:
+            window = (low + high - window[0], window[1])
+    return ToolInput(
+        image=image,
+        spacing=volume.spacing,
+        modality=volume.modality,
+        row_direction=tuple(volume.row_direction) if volume.row_direction is not None else (1.0, 0.0, 0.0),
+        column_direction=(
+            tuple(volume.column_direction) if volume.column_direction is not None else (0.0, 1.0, 0.0)
+        ),
+        body_part=str(volume.datasets[0].get("BodyPartExamined", "")),
+        params=params,
+        instruction=instruction,
+        device=device,
+        is_color=volume.is_color,
+        window=window,
+        metadata=tool_metadata(volume),
+    )
+
+
+def _prior_result(settings: Settings, job_id: str, index: int, tool: str) -> ToolResult | None:
+    path = _results_path(settings, job_id, index)
+    if not path.with_suffix(".json").exists():
+        return None
+    return ToolResult.load(path)
+
+
+def resolve_references(params: dict[str, Any], prior: list[ToolResult | None]) -> dict[str, Any]:
+    """``params`` with every ``"$N.name"`` replaced by what action N returned under ``name``.
+
+    ``boxes`` become the list of box dicts a box-prompted tool takes; ``labels``, ``text``, ``sources``
+    and ``measurements`` their values; ``prompts`` the labels of N's boxes or masks. ``NodeError`` when
+    action N did not succeed or returned nothing under that name: the action cannot run without it.
+    """
+    resolved = dict(params)
+    for key, value in params.items():
+        if not (isinstance(value, str) and (match := REFERENCE.match(value))):
+            continue
+        source, name = int(match.group(1)), match.group(2)
+        result = prior[source] if source < len(prior) else None
+        if result is None or result.status is not ToolStatus.OK:
+            why = "has no result" if result is None else f"ended {result.status.value}: {result.error}"
+            raise NodeError(f"parameter {key} = {value!r}: action {source} {why}")
+        if name == "boxes":
+            resolved[key] = [{"label": b.label, "frame": b.frame, "xyxy": list(b.xyxy)} for b in result.boxes]
+        elif name == "prompts":
+            resolved[key] = list(dict.fromkeys([*result.masks, *(b.label for b in result.boxes)]))
+        elif name in ("labels", "text", "sources"):
+            resolved[key] = getattr(result, name)
+        elif name == "measurements":
+            resolved[key] = [dict(m.__dict__) for m in result.measurements]
+        else:
+            raise NodeError(f"parameter {key} = {value!r}: a result has no output named {name!r}")
+        if resolved[key] in ([], {}, ""):
+            raise NodeError(f"parameter {key} = {value!r}: action {source} returned no {name}")
+    return resolved
+
+
 def load_job_volume(index: Index, job: sqlite3.Row) -> Volume:
     rows = index.instances_of_series(job["series_instance_uid"])
     return load_volume(read_series([row["path"] for row in rows]))
@@ -182,21 +285,17 @@ def run_action(
     try:
         volume = load_job_volume(index, job)
         tool = registry.get(action.API_name)
-        tool_input = ToolInput(
-            image=volume.array,
-            spacing=volume.spacing,
-            modality=volume.modality,
-            row_direction=tuple(volume.row_direction)
-            if volume.row_direction is not None
-            else (1.0, 0.0, 0.0),
-            column_direction=(
-                tuple(volume.column_direction) if volume.column_direction is not None else (0.0, 1.0, 0.0)
-            ),
-            body_part=str(volume.datasets[0].get("BodyPartExamined", "")),
-            params=dict(action.API_params),
-            instruction=job["instruction"],
-            device=settings.models.device,
-        )
+        prior = [
+            _prior_result(settings, job_id, index, plan.actions[index].API_name)
+            for index in range(action_index)
+        ]
+        params = resolve_references(action.API_params, prior)
+        tool_input = tool_input_for(volume, params, job["instruction"], settings.models.device)
+        tool_input.prior_results = [
+            result.summary(plan.actions[index].API_name)
+            for index, result in enumerate(prior)
+            if result is not None
+        ]
         result = tool.run(tool_input)
     except Exception as exc:
         logger.exception("job %s action %d (%s) failed", job_id, action_index, action.API_name)
@@ -245,8 +344,11 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
             volume = volume or load_job_volume(index, job)
             for note in volume.notes:
                 logger.info("job %s: %s", job_id, note)
+            question = action.API_params.get("question")
+            if not isinstance(question, str) or not question.strip():
+                question = job["instruction"]
             objects = encode_results(
-                volume, result, result.engine, result.engine_version, context, question=job["instruction"]
+                volume, result, result.engine, result.engine_version, context, question=question
             )
         except Exception as exc:
             logger.exception("job %s: encoding the result of action %d failed", job_id, action_index)

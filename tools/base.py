@@ -1,19 +1,76 @@
 """The tool contract (DESIGN.md 3.3): ``Tool.run(ToolInput) -> ToolResult``.
 
-Arrays are indexed ``[frame, row, column]``. Boxes are pixel ``(x0, y0, x1, y1)`` with x along columns,
-inclusive of the pixels they cover, on one frame. Masks are boolean volumes aligned with the input image.
-Tools never import pynetdicom and never write DICOM.
+Arrays are indexed ``[frame, row, column]`` (``[frame, row, column, 3]`` RGB for colour images). Boxes are
+pixel ``(x0, y0, x1, y1)`` with x along columns, inclusive of the pixels they cover, on one frame. Masks
+are boolean volumes ``[frame, row, column]`` aligned with the input image. Tools never import pynetdicom
+and never read or write DICOM.
+
+A tool has one or more engines (``engines()``): pretrained ones whose weights ship in a package,
+configured ones whose weights a user points ``models.*`` at, and classical ones, named as such. ``load()``
+loads what the tool will run with, once per process (``cached_model``); ``run`` loads on first use too.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from config.settings import ModelsSection
+
+_T = TypeVar("_T")
+_MODEL_CACHE: dict[tuple[Any, ...], Any] = {}
+_MODEL_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_model(key: tuple[Any, ...], factory: Callable[[], _T]) -> _T:
+    """``factory()`` once per process for ``key`` (engine name, weights path, device...), then the same object.
+
+    Two threads asking for the same key wait for one load; different keys load in parallel.
+    """
+    with _CACHE_LOCK:
+        if key in _MODEL_CACHE:
+            return _MODEL_CACHE[key]  # type: ignore[no-any-return]
+        lock = _MODEL_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        with _CACHE_LOCK:
+            if key in _MODEL_CACHE:
+                return _MODEL_CACHE[key]  # type: ignore[no-any-return]
+        model = factory()
+        with _CACHE_LOCK:
+            _MODEL_CACHE[key] = model
+        return model
+
+
+def clear_model_cache() -> None:
+    """Forget every cached model (tests that swap weights use it)."""
+    with _CACHE_LOCK:
+        _MODEL_CACHE.clear()
+        _MODEL_LOCKS.clear()
+
+
+def resolve_device(device: str) -> str:
+    """The torch device for a ``models.device`` value: ``auto`` is CUDA when torch sees a GPU, else CPU;
+    ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` pass through. The one place engines resolve it."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_models() -> ModelsSection:
+    from config.settings import ModelsSection
+
+    return ModelsSection()
 
 
 class ToolStatus(str, Enum):
@@ -74,6 +131,17 @@ class ToolInput:
     params: dict[str, Any] = field(default_factory=dict)
     instruction: str = ""
     device: str = "cpu"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N" or "mps"; engines resolve it
+    #: ``image`` is ``[frame, row, column, 3]`` RGB (uint8) instead of one value per pixel
+    is_color: bool = False
+    #: grey images only: what a display shows for ``image`` (level, width), from the source's VOI; None
+    #: when the source gives none. MONOCHROME1 sources arrive already inverted to MONOCHROME2.
+    window: tuple[float, float] | None = None
+    #: de-identified DICOM metadata by keyword (Modality, BodyPartExamined, StudyDescription,
+    #: SeriesDescription, ImageType, ViewPosition, Laterality, Manufacturer, SliceThickness, ...); never
+    #: names, IDs, dates of birth or UIDs
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: what earlier actions of the same job returned, as ``ToolResult.summary()`` dicts, in plan order
+    prior_results: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +162,31 @@ class ToolResult:
     @classmethod
     def failed(cls, engine: str, error: str) -> ToolResult:
         return cls(status=ToolStatus.FAILED, engine=engine, error=error)
+
+    @classmethod
+    def unavailable(cls, engine: str, error: str) -> ToolResult:
+        return cls(status=ToolStatus.UNAVAILABLE, engine=engine, error=error)
+
+    def summary(self, tool: str = "") -> dict[str, Any]:
+        """What a later tool (a report, an answer) may read of this result: no arrays, only facts.
+
+        Masks become their labels with voxel counts; boxes are counted per label.
+        """
+        box_counts: dict[str, int] = {}
+        for box in self.boxes:
+            box_counts[box.label] = box_counts.get(box.label, 0) + 1
+        return {
+            "tool": tool,
+            "status": self.status.value,
+            "engine": self.engine,
+            "structures": {label: int(np.count_nonzero(mask)) for label, mask in self.masks.items()},
+            "boxes": box_counts,
+            "labels": dict(self.labels),
+            "measurements": [asdict(m) for m in self.measurements],
+            "text": self.text,
+            "sources": list(self.sources),
+            "error": self.error,
+        }
 
     def save(self, path: str | Path) -> None:
         """Write the result as ``<path>.json`` plus ``<path>.npz`` for the masks."""
@@ -155,14 +248,49 @@ class ToolCard:
     aliases: tuple[str, ...] = ()
 
 
+class EngineKind(str, Enum):
+    PRETRAINED = "pretrained"  # weights shipped in an installed package
+    CONFIGURED = "configured"  # weights a user points models.* at
+    CLASSICAL = "classical"  # no learned weights; named as such in every output
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """One engine of a tool, whether it can run here, and why (or why not)."""
+
+    name: str
+    kind: EngineKind
+    ready: bool
+    reason: str
+
+
 class Tool:
-    """Base class: subclasses set ``card`` and implement ``run``; ``readiness`` says whether it can run."""
+    """Base class: subclasses set ``card``, implement ``run`` and, with several engines, ``engines``.
+
+    ``models`` is the config's ``models`` section (device, weight paths); a tool without configurable
+    engines may ignore it. ``engines()`` is cheap: it checks files and installed packages, loads nothing.
+    ``load()`` loads the weights of the engine ``run`` will use, once per process (``cached_model``).
+    """
 
     card: ToolCard
 
+    def __init__(self, models: ModelsSection | None = None) -> None:
+        self.models = models if models is not None else default_models()
+
+    def engines(self) -> list[EngineStatus]:
+        """Every engine of this tool, in the order ``run`` prefers them."""
+        return [EngineStatus(self.card.name, EngineKind.CLASSICAL, True, "ready")]
+
     def readiness(self) -> tuple[bool, str]:
-        """``(ready, reason)``: whether an engine of this tool can run on this machine, and why not."""
-        return True, "ready"
+        """``(ready, reason)``: the first engine that can run here, or why none can."""
+        engines = self.engines()
+        for engine in engines:
+            if engine.ready:
+                return True, f"{engine.name}: {engine.reason}"
+        return False, "; ".join(f"{engine.name}: {engine.reason}" for engine in engines) or "no engine"
+
+    def load(self) -> None:
+        """Load the weights ``run`` will use (cached per process); nothing for classical engines."""
 
     def run(self, tool_input: ToolInput) -> ToolResult:
         raise NotImplementedError

@@ -9,6 +9,11 @@ _EXPANSIONS = {
     "both lungs": ("left lung", "right lung"),
     "lung": ("left lung", "right lung"),
     "bilateral lungs": ("left lung", "right lung"),
+    "lung fields": ("left lung", "right lung"),
+    "left lung field": ("left lung",),
+    "right lung field": ("right lung",),
+    "bones": ("bone",),
+    "skeleton": ("bone",),
 }
 
 

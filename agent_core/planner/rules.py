@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent_core.protocol import Action, Plan
+from agent_core.protocol import Action, Plan, PlanError
 from agent_core.registry import ToolRegistry
 
 _SEGMENT_WORDS = re.compile(
@@ -62,10 +62,49 @@ class RulesPlanner:
         ready, reason = tool.readiness()
         return ready, reason
 
+    def _tools_named(self, text: str) -> list[str]:
+        """Tools the instruction names outright ("run intensity_summary"), by name or alias, in order."""
+        found: list[tuple[int, str]] = []
+        for tool in self.registry.tools():
+            for name in (tool.card.name, *tool.card.aliases):
+                spoken = name.lower().replace("_", " ")
+                for variant in {name.lower(), spoken}:
+                    match = re.search(rf"(?<![\w-]){re.escape(variant)}(?![\w-])", text)
+                    if match:
+                        found.append((match.start(), tool.card.name))
+        return list(dict.fromkeys(name for _, name in sorted(found)))
+
+    def _plan_named_tools(self, instruction: str, names: list[str], study: StudyContext) -> Plan:
+        where = f"{study.modality} {study.body_part}".strip()
+        for name in names:
+            usable, reason = self._usable(name, study.modality)
+            if not usable:
+                return Plan(
+                    thoughts=f"The request names {name}, but {reason}.",
+                    actions=(),
+                    value=f"I cannot do that here: {reason}.",
+                )
+        return self.registry.validate(
+            Plan(
+                thoughts=f"The request names {', '.join(names)} for a {where} study; running it as asked.",
+                actions=tuple(Action(name, {}) for name in names),
+                value=f"Running {', '.join(names)}.",
+            )
+        )
+
     def plan(self, instruction: str, study: StudyContext) -> Plan:
         text = instruction.lower()
         structures = structures_named(text)
         where = f"{study.modality} {study.body_part}".strip()
+        if not structures and (named := self._tools_named(text)):
+            try:
+                return self._plan_named_tools(instruction, named, study)
+            except PlanError as exc:  # the named tool needs parameters the instruction does not give
+                return Plan(
+                    thoughts=f"The request names {', '.join(named)}, but {exc}.",
+                    actions=(),
+                    value="I cannot run that as asked: the tool needs parameters the request does not give.",
+                )
         if not structures:
             return Plan(
                 thoughts=f"The request '{instruction}' names no structure the tools here know.",

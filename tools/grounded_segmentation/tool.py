@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from tools.base import Tool, ToolCard, ToolInput, ToolResult, ToolStatus
+from typing import TYPE_CHECKING
+
+from tools.base import EngineStatus, Tool, ToolCard, ToolInput, ToolResult, ToolStatus
 from tools.grounding import GroundingTool
 from tools.grounding.tool import PARAMETERS as GROUNDING_PARAMETERS
 from tools.segmentation import SegmentationTool
-from tools.segmentation.tool import segment_boxes
+
+if TYPE_CHECKING:
+    from config.settings import ModelsSection
 
 
 class GroundedSegmentationTool(Tool):
@@ -26,21 +30,35 @@ class GroundedSegmentationTool(Tool):
         aliases=("grounding dino + medsam", "groundingdino + medsam", "grounded sam"),
     )
 
-    def __init__(self) -> None:
-        self.grounding = GroundingTool()
-        self.segmentation = SegmentationTool()
+    def __init__(self, models: ModelsSection | None = None) -> None:
+        super().__init__(models)
+        self.grounding = GroundingTool(self.models)
+        self.segmentation = SegmentationTool(self.models)
 
-    def readiness(self) -> tuple[bool, str]:
-        return self.segmentation.readiness()
+    def engines(self) -> list[EngineStatus]:
+        """Each segmentation engine behind the grounding engine that would find its boxes."""
+        grounding_engines = self.grounding.engines()
+        grounding = next((e for e in grounding_engines if e.ready), grounding_engines[0])
+        return [
+            EngineStatus(
+                f"{grounding.name} + {segmentation.name}",
+                segmentation.kind,
+                grounding.ready and segmentation.ready,
+                segmentation.reason if grounding.ready else f"{grounding.name}: {grounding.reason}",
+            )
+            for segmentation in self.segmentation.engines()
+        ]
+
+    def load(self) -> None:
+        self.grounding.load()
+        self.segmentation.load()
 
     def run(self, tool_input: ToolInput) -> ToolResult:
         grounded = self.grounding.run(tool_input)
         if grounded.status is not ToolStatus.OK:
             return grounded
-        ready, reason = self.segmentation.readiness()
-        if not ready:
-            return ToolResult(status=ToolStatus.UNAVAILABLE, engine=grounded.engine, error=reason)
-        segmented = segment_boxes(tool_input, grounded.boxes)
+        segmented = self.segmentation.segment(tool_input, grounded.boxes)
         segmented.engine = f"{grounded.engine} + {segmented.engine}"
-        segmented.engine_version = f"{grounded.engine_version} + {segmented.engine_version}"
+        if segmented.status is ToolStatus.OK:
+            segmented.engine_version = f"{grounded.engine_version} + {segmented.engine_version}"
         return segmented

@@ -1,5 +1,5 @@
-"""Segmentation: box prompts to masks."""
+"""Segmentation: box or point prompts to masks (MedSAM ViT-B when configured, else LiteMedSAM)."""
 
-from tools.segmentation.tool import SegmentationTool
+from tools.segmentation.tool import Point, SegmentationTool
 
-__all__ = ["SegmentationTool"]
+__all__ = ["Point", "SegmentationTool"]

@@ -68,3 +68,70 @@ def test_trachea_is_not_taken_for_a_lung_when_the_pixel_spacing_is_known(chest_c
     # the lungs themselves are untouched: within 3 % of the volume without airway removal
     for label in ("left lung", "right lung"):
         assert abs(int(with_spacing[label].sum()) - int(without[label].sum())) < 0.03 * without[label].sum()
+
+
+def test_bone_is_dense_inside_the_body_and_holds_the_spine(chest_ct) -> None:
+    result = GroundingTool().run(_input(chest_ct, ["bones", "body"]))
+    assert result.status is ToolStatus.OK, result.error
+    bone, body = result.masks["bone"], result.masks["body"]
+    assert not (bone & ~body).any()
+    assert np.percentile(chest_ct.array[bone], 5) > 250 and np.median(chest_ct.array[bone]) > 400
+    volume_ml = bone.sum() * np.prod(chest_ct.spacing) / 1000
+    assert 300 < volume_ml < 3000
+    # the spine: bone on the body's midline, behind its centre (rows increase to posterior here)
+    middle = chest_ct.array.shape[0] // 2
+    rows, columns = np.nonzero(body[middle])
+    midline, centre_row = (columns.min() + columns.max()) // 2, rows.mean()
+    assert chest_ct.column_direction[1] > 0
+    assert bone[middle, int(centre_row) :, midline - 10 : midline + 10].sum() > 100
+    assert {b.label for b in result.boxes} == {"bone", "body"}
+
+
+def test_small_dense_specks_are_not_bone() -> None:
+    from tools.grounding.hounsfield import bone_mask
+
+    phantom = np.full((10, 64, 64), -1000.0, np.float32)
+    phantom[:, 8:56, 8:56] = 40.0  # a soft-tissue block
+    phantom[:, 30:34, 30:34] = 700.0  # a rod through every slice: 160 voxels
+    phantom[5, 15:17, 15:17] = 700.0  # a speck: 4 voxels
+    bone = bone_mask(phantom, pixel_spacing=(1.0, 1.0), slice_distance=5.0)  # 160 voxels = 0.8 mL
+    assert bone[:, 30:34, 30:34].all() and not bone[5, 15:17, 15:17].any()
+    assert bone.sum() == 160
+
+
+def test_air_is_gas_inside_the_body_outside_the_lungs(chest_ct) -> None:
+    result = GroundingTool().run(_input(chest_ct, ["air", "lungs", "body"]))
+    assert result.status is ToolStatus.OK, result.error
+    air, body = result.masks["air"], result.masks["body"]
+    lungs = result.masks["left lung"] | result.masks["right lung"]
+    assert not (air & lungs).any() and not (air & ~body).any()
+    assert np.median(chest_ct.array[air]) < -800
+    # with the pixel spacing known the trachea is air, not lung: above both apices it is all there is
+    top = slice(-5, None)
+    assert air[top].sum() > 1000 and lungs[top].sum() == 0
+    trachea_columns = np.nonzero(air[top])[2]
+    columns = np.nonzero(body[top])[2]
+    assert abs(trachea_columns.mean() - (columns.min() + columns.max()) / 2) < 30
+    # without it the trachea stays with the lungs (its size cannot be judged), so it is not air
+    from tools.grounding.hounsfield import ground
+
+    without_spacing = ground(chest_ct.array, ["air"], chest_ct.row_direction)["air"]
+    assert without_spacing[top].sum() < 0.1 * air[top].sum()
+    # none of it is the skin's partial-volume rim: every air voxel is 3 pixels or more inside the body
+    from scipy import ndimage
+
+    assert not (air & ~ndimage.binary_erosion(body, np.ones((1, 7, 7), bool))).any()
+
+
+def test_engines_are_listed_in_preference_order() -> None:
+    from tools.base import EngineKind
+
+    engines = GroundingTool().engines()
+    assert [(e.name, e.kind) for e in engines] == [
+        ("Grounding DINO", EngineKind.CONFIGURED),
+        ("CT Hounsfield anatomy", EngineKind.CLASSICAL),
+        ("Chest radiograph lung fields", EngineKind.CLASSICAL),
+    ]
+    assert not engines[0].ready and "models.grounding_dino" in engines[0].reason
+    assert GroundingTool().readiness() == (True, f"CT Hounsfield anatomy: {engines[1].reason}")
+    assert {"CT", "CR", "DX"} <= set(GroundingTool.card.modalities)

@@ -2,7 +2,9 @@
 
 import numpy as np
 
+from config.settings import ModelsSection
 from tools.base import Box, ToolInput, ToolResult, ToolStatus
+from tools.grounded_segmentation import GroundedSegmentationTool
 from tools.grounding.hounsfield import boxes_per_slice, lung_masks
 from tools.segmentation import SegmentationTool, litemedsam
 
@@ -56,3 +58,21 @@ def test_boxes_outside_the_volume_fail_with_a_reason(chest_ct) -> None:
     )
     result = SegmentationTool().run(tool_input)
     assert result.status is ToolStatus.FAILED and "frame 7" in result.error
+
+
+def test_grounded_segmentation_names_both_engines_and_fills_every_grounded_slice(chest_ct) -> None:
+    slab = slice(28, 31)
+    tool_input = ToolInput(
+        image=chest_ct.array[slab],
+        spacing=chest_ct.spacing,
+        modality="CT",
+        row_direction=tuple(chest_ct.row_direction),
+        params={"prompts": ["lungs"]},
+    )
+    result = GroundedSegmentationTool(ModelsSection(device="cpu")).run(tool_input)
+    assert result.status is ToolStatus.OK, result.error
+    assert result.engine == "CT Hounsfield anatomy + LiteMedSAM"
+    assert result.engine_version.endswith(f" + {litemedsam.engine_version()}")
+    for label in ("left lung", "right lung"):
+        assert (result.masks[label].sum(axis=(1, 2)) > 2000).all(), label
+        assert {b.frame for b in result.boxes if b.label == label} == {0, 1, 2}
