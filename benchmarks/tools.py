@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             row = run_case(image, tool, dict(params), arguments.frames, arguments.device)
             if row["status"] == "crashed":
-                print(f"{image:5} {tool:22} {'-':38} {'':>6} {'':>7} {'':>7} {'':>7} {'':>8}  crashed: {row['error']}")
+                print(
+                    f"{image:5} {tool:22} {'-':38} {'':>6} {'':>7} {'':>7} {'':>7} {'':>8}  crashed: {row['error']}"
+                )
                 continue
             print(
                 f"{image:5} {tool:22} {row['engine'][:38]:38} {row['frames']:6d} {row['load_s']:7.2f}"

@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-from agent_core.planner import RulesPlanner, StudyContext
+from agent_core.planner import RulesPlanner, StudyContext, planner_metadata
 from agent_core.protocol import REFERENCE, Plan
 from agent_core.registry import ToolRegistry
 from config import Route, Settings
@@ -118,6 +118,7 @@ def _plan_series(
         study_description=attributes.get("StudyDescription", ""),
         series_description=attributes.get("SeriesDescription", ""),
         slices=len(rows),
+        metadata=planner_metadata(attributes),
     )
     plan = RulesPlanner(registry).plan(route.instruction, context)
     series_instance_uid = rows[0]["series_instance_uid"]

@@ -94,7 +94,7 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance_and_the_job_runs_on
             {
                 "name": "everything",
                 "match": {},
-                "instruction": "Describe this study",  # names no structure: an empty plan, done at once
+                "instruction": "Archive only",  # asks for no tool: an empty plan, done at once
                 "completion": {"quiet_seconds": 60, "release_quiet_seconds": 1},
             }
         ],
