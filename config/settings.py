@@ -288,6 +288,16 @@ class PlannerSection(_Strict):
             raise ValueError(f"'{value}' must be one of rules, llm")
         return value
 
+    @field_validator("rules")
+    @classmethod
+    def _check_rules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from agent_core.planner.rules import check_rules
+
+        errors = check_rules(value, where="rules")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return value
+
     @field_validator("adapter")
     @classmethod
     def _check_adapter(cls, value: Path | None) -> Path | None:

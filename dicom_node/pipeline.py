@@ -21,7 +21,8 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-from agent_core.planner import RulesPlanner, StudyContext, planner_metadata
+from agent_core.planner import StudyContext, planner_metadata
+from agent_core.planner.factory import make_planner
 from agent_core.protocol import REFERENCE, Plan
 from agent_core.registry import ToolRegistry
 from config import Route, Settings
@@ -97,13 +98,14 @@ def plan_study(
         candidates = candidates[:1]
     job_ids = []
     for rows in candidates:
-        job_id = _plan_series(index, study_instance_uid, rows, route, registry, revision)
+        job_id = _plan_series(settings, index, study_instance_uid, rows, route, registry, revision)
         if job_id is not None:
             job_ids.append(job_id)
     return job_ids
 
 
 def _plan_series(
+    settings: Settings,
     index: Index,
     study_instance_uid: str,
     rows: list[sqlite3.Row],
@@ -120,7 +122,7 @@ def _plan_series(
         slices=len(rows),
         metadata=planner_metadata(attributes),
     )
-    plan = RulesPlanner(registry).plan(route.instruction, context)
+    plan = make_planner(settings, registry).plan(route.instruction, context)
     series_instance_uid = rows[0]["series_instance_uid"]
     identity = [
         study_instance_uid,
