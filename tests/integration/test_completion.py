@@ -70,7 +70,7 @@ def settings_for(tmp_path: Path, **completion: Any):
             {
                 "name": "mr",
                 "match": {"Modality": "MR"},
-                "instruction": "Describe the image",
+                "instruction": "Archive only",  # asks for no tool: an empty plan
                 "completion": completion,
             }
         ],
