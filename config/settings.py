@@ -293,7 +293,7 @@ class PlannerSection(_Strict):
     def _check_rules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from agent_core.planner.rules import check_rules
 
-        errors = check_rules(value, where="rules")
+        errors = check_rules(value, where="planner.rules")
         if errors:
             raise ValueError("; ".join(errors))
         return value
