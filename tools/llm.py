@@ -200,11 +200,19 @@ def generate(
     Greedy decoding (no sampling), so a reply is reproducible; ``repetition_penalty`` above 1 keeps small
     models from looping and stays deterministic. The reply is stripped of special tokens and whitespace.
     """
-    import torch
 
     if max_new_tokens < 1:
         raise ValueError(f"Invalid 'max_new_tokens' value {max_new_tokens} - must be at least 1")
     inputs = {key: value.to(model.device) for key, value in prompt_ids(tokenizer, messages).items()}
+    return greedy_reply(model, tokenizer, inputs, max_new_tokens, repetition_penalty=repetition_penalty)
+
+
+def greedy_reply(
+    model: Any, tokenizer: Any, inputs: dict[str, Any], max_new_tokens: int, repetition_penalty: float = 1.0
+) -> str:
+    """Greedy ``model.generate`` on encoded ``inputs``; the new tokens decoded without special tokens."""
+    import torch
+
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
         output = model.generate(

@@ -23,6 +23,7 @@ from tools.llm import (
     WEIGHT_FILES,
     folder_problems,
     folder_version,
+    greedy_reply,
     missing_packages,
 )
 
@@ -119,7 +120,6 @@ def prompt_text(processor: Any, question: str) -> str:
 
 def answer(model: Any, processor: Any, image_rgb: np.ndarray, question: str, max_new_tokens: int) -> str:
     """The model's answer to ``question`` about ``image_rgb`` (``[row, column, 3]`` uint8), greedy."""
-    import torch
 
     encoded = processor(images=image_rgb, text=prompt_text(processor, question), return_tensors="pt")
     inputs = {
@@ -127,18 +127,4 @@ def answer(model: Any, processor: Any, image_rgb: np.ndarray, question: str, max
         for key, value in encoded.items()
         if key != "token_type_ids"  # some tokenizers add them; Llava's forward takes none
     }
-    tokenizer = processor.tokenizer
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.inference_mode():
-        output = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad_token_id,
-        )
-    new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    return str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
+    return greedy_reply(model, processor.tokenizer, inputs, max_new_tokens)
