@@ -1,0 +1,1477 @@
+"""Instruction-tuning data for the LLM planner, in MMedAgent's conversation format, and evaluation requests.
+
+``generate(split, count, seed)`` writes requests for all seven tasks (grounding, segmentation,
+grounded_segmentation, classification, report_generation, retrieval, vqa) on CT, MR, CR/DX, US and
+pathology (SM), many structures and findings, in English, French, German and Spanish, short and misspelled
+as well as polite and long, requests that need two tools, and requests that need no tool or a question
+back. Each request becomes one conversation: the user turn is the planner's prompt (``llm.user_prompt``:
+the tools that can run, the study line, the request) and the assistant turn the plan in MMedAgent's text
+format (``Plan.to_mmedagent_text``), as in MMedAgent's instruction data::
+
+    {"id": ..., "conversations": [{"from": "human", "value": <prompt>}, {"from": "gpt", "value": <plan>}],
+     "instruction", "modality", "body_part", "expected_tools", "expected_prompts", "family", "language", ...}
+
+Phrasings come in template families: a sentence frame with a few variants (``PHRASINGS``, and the
+``CONNECTORS`` that join two requests); every family belongs to one split (``family_splits``), so the test
+split holds sentence frames the model never saw. The words the frames are filled with are shared
+vocabulary: the keywords of each task and language (``KEYWORDS``: "segment", "outline", "Befund"...), the
+structures, topics and label sets, and the clauses of multi-tool requests. Test requests whose text also
+occurs in training are dropped.
+
+Training studies are offered the tools the registry would offer on their modality, with some tools taken
+away or added at random, so that the model learns to read the tool list rather than the modality. Eval
+requests (``eval_item``) carry only what ``medagent planner eval`` reads: ``{"id", "instruction",
+"modality", "body_part", "expected_tools", "expected_prompts"}``; their expected tools are those the
+registry offers for the modality.
+
+``new_tool_draws`` builds the requests of one more tool from its card and example requests (the "pseudo
+tool" experiment of MMedAgent), to be mixed with replayed requests of the old tools (``with_tool_offered``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_core.planner.llm import plan_value, study_line, user_prompt
+from agent_core.protocol import Action, Plan
+from tools.base import ToolCard
+from tools.prompts import normalise_prompts
+
+SPLITS = ("train", "val", "test")
+LANGUAGES = ("en", "fr", "de", "es")
+LANGUAGE_WEIGHTS = {"en": 0.55, "fr": 0.15, "de": 0.15, "es": 0.15}
+MODALITY_WEIGHTS = {"CT": 0.28, "MR": 0.2, "CR": 0.1, "DX": 0.08, "US": 0.13, "SM": 0.13, "": 0.08}
+#: the canonical tools of the seven tasks
+TASKS = (
+    "grounding",
+    "segmentation",
+    "grounded_segmentation",
+    "classification",
+    "report_generation",
+    "retrieval",
+    "vqa",
+)
+
+# --------------------------------------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class Structure:
+    """An anatomical structure or finding a grounding tool is asked for: its canonical (English) prompt,
+    other English words for it, and its name with article in French, German and Spanish."""
+
+    name: str
+    modalities: tuple[str, ...]
+    body_part: str
+    synonyms: tuple[str, ...] = ()
+    fr: str = ""
+    de: str = ""
+    es: str = ""
+
+    def surface(self, language: str, rng: random.Random) -> str:
+        if language == "en":
+            return rng.choice((self.name, self.name, *self.synonyms))
+        return getattr(self, language) or self.name
+
+
+_CT, _MR, _XR, _US, _SM = ("CT",), ("MR",), ("CR", "DX"), ("US",), ("SM",)
+STRUCTURES = (
+    Structure("liver", _CT + _MR + _US, "ABDOMEN", ("hepatic parenchyma",), "le foie", "die Leber", "el hígado"),
+    Structure("spleen", _CT + _MR, "ABDOMEN", (), "la rate", "die Milz", "el bazo"),
+    Structure("pancreas", _CT + _MR, "ABDOMEN", (), "le pancréas", "das Pankreas", "el páncreas"),
+    Structure("gallbladder", _CT + _US, "ABDOMEN", ("gall bladder",), "la vésicule biliaire", "die Gallenblase", "la vesícula biliar"),
+    Structure("stomach", _CT, "ABDOMEN", (), "l'estomac", "den Magen", "el estómago"),
+    Structure("left kidney", _CT + _MR, "ABDOMEN", ("left renal",), "le rein gauche", "die linke Niere", "el riñón izquierdo"),
+    Structure("right kidney", _CT + _MR, "ABDOMEN", (), "le rein droit", "die rechte Niere", "el riñón derecho"),
+    Structure("kidneys", _CT + _MR + _US, "ABDOMEN", ("both kidneys",), "les reins", "die Nieren", "los riñones"),
+    Structure("aorta", _CT + _MR, "CHEST", ("aortic lumen",), "l'aorte", "die Aorta", "la aorta"),
+    Structure("urinary bladder", _CT + _MR + _US, "PELVIS", ("bladder",), "la vessie", "die Harnblase", "la vejiga"),
+    Structure("left lung", _CT + _XR, "CHEST", ("left lung field",), "le poumon gauche", "die linke Lunge", "el pulmón izquierdo"),
+    Structure("right lung", _CT + _XR, "CHEST", ("right lung field",), "le poumon droit", "die rechte Lunge", "el pulmón derecho"),
+    Structure("lungs", _CT + _XR, "CHEST", ("both lungs", "lung fields"), "les poumons", "die Lungen", "los pulmones"),
+    Structure("heart", _CT + _XR + _MR, "CHEST", ("cardiac silhouette",), "le cœur", "das Herz", "el corazón"),
+    Structure("esophagus", _CT, "CHEST", ("oesophagus",), "l'œsophage", "die Speiseröhre", "el esófago"),
+    Structure("trachea", _CT + _XR, "CHEST", ("airway",), "la trachée", "die Luftröhre", "la tráquea"),
+    Structure("bone", _CT, "CHEST", ("bones", "skeleton"), "les os", "die Knochen", "los huesos"),
+    Structure("body", _CT, "CHEST", ("body outline", "patient outline"), "le corps", "den Körper", "el cuerpo"),
+    Structure("air", _CT, "ABDOMEN", ("free air", "gas"), "l'air libre", "die freie Luft", "el aire libre"),
+    Structure("liver lesion", _CT + _MR + _US, "ABDOMEN", ("liver tumour", "hepatic lesion"), "la lésion hépatique", "die Leberläsion", "la lesión hepática"),
+    Structure("lung nodule", _CT + _XR, "CHEST", ("pulmonary nodule", "nodule"), "le nodule pulmonaire", "den Lungenrundherd", "el nódulo pulmonar"),
+    Structure("kidney stone", _CT + _US, "ABDOMEN", ("renal calculus",), "le calcul rénal", "den Nierenstein", "el cálculo renal"),
+    Structure("pleural effusion", _CT + _XR + _US, "CHEST", ("effusion",), "l'épanchement pleural", "den Pleuraerguss", "el derrame pleural"),
+    Structure("pneumothorax", _CT + _XR, "CHEST", (), "le pneumothorax", "den Pneumothorax", "el neumotórax"),
+    Structure("adrenal gland", _CT, "ABDOMEN", ("adrenal",), "la glande surrénale", "die Nebenniere", "la glándula suprarrenal"),
+    Structure("colon", _CT, "ABDOMEN", ("large bowel",), "le côlon", "den Dickdarm", "el colon"),
+    Structure("vertebrae", _CT + _MR, "SPINE", ("spine", "vertebral bodies"), "les vertèbres", "die Wirbel", "las vértebras"),
+    Structure("spinal cord", _MR + _CT, "SPINE", ("cord",), "la moelle épinière", "das Rückenmark", "la médula espinal"),
+    Structure("intracranial hemorrhage", _CT, "HEAD", ("brain bleed", "intracranial haemorrhage"), "l'hémorragie intracrânienne", "die intrakranielle Blutung", "la hemorragia intracraneal"),
+    Structure("brain tumor", _MR, "BRAIN", ("brain tumour", "glioma", "tumor"), "la tumeur cérébrale", "den Hirntumor", "el tumor cerebral"),
+    Structure("edema", _MR, "BRAIN", ("peritumoral edema", "oedema"), "l'œdème", "das Ödem", "el edema"),
+    Structure("enhancing tumor", _MR, "BRAIN", ("enhancing tumour",), "la tumeur rehaussée", "den anreichernden Tumor", "el tumor realzado"),
+    Structure("ventricles", _MR + _CT, "BRAIN", ("lateral ventricles",), "les ventricules", "die Ventrikel", "los ventrículos"),
+    Structure("hippocampus", _MR, "BRAIN", (), "l'hippocampe", "den Hippocampus", "el hipocampo"),
+    Structure("white matter lesions", _MR, "BRAIN", ("white matter hyperintensities",), "les lésions de la substance blanche", "die Marklagerläsionen", "las lesiones de sustancia blanca"),
+    Structure("prostate", _MR, "PELVIS", ("prostate gland",), "la prostate", "die Prostata", "la próstata"),
+    Structure("brain", _MR + _CT, "BRAIN", ("whole brain",), "le cerveau", "das Gehirn", "el cerebro"),
+    Structure("meniscus", _MR, "KNEE", ("medial meniscus",), "le ménisque", "den Meniskus", "el menisco"),
+    Structure("cartilage", _MR, "KNEE", ("knee cartilage",), "le cartilage", "den Knorpel", "el cartílago"),
+    Structure("consolidation", _XR + _CT, "CHEST", ("airspace opacity",), "la condensation", "die Konsolidierung", "la consolidación"),
+    Structure("cardiomegaly", _XR, "CHEST", ("enlarged heart",), "la cardiomégalie", "die Kardiomegalie", "la cardiomegalia"),
+    Structure("clavicle", _XR, "CHEST", ("collarbone",), "la clavicule", "das Schlüsselbein", "la clavícula"),
+    Structure("rib fracture", _XR + _CT, "CHEST", ("fractured rib",), "la fracture de côte", "die Rippenfraktur", "la fractura costal"),
+    Structure("thyroid nodule", _US, "NECK", (), "le nodule thyroïdien", "den Schilddrüsenknoten", "el nódulo tiroideo"),
+    Structure("thyroid", _US + _CT, "NECK", ("thyroid gland",), "la thyroïde", "die Schilddrüse", "la tiroides"),
+    Structure("breast lesion", _US + _MR, "BREAST", ("breast mass",), "la lésion mammaire", "die Brustläsion", "la lesión mamaria"),
+    Structure("fetal head", _US, "ABDOMEN", ("fetal skull",), "la tête fœtale", "den fetalen Kopf", "la cabeza fetal"),
+    Structure("gallstone", _US + _CT, "ABDOMEN", ("gallstones",), "le calcul biliaire", "den Gallenstein", "el cálculo biliar"),
+    Structure("carotid plaque", _US, "NECK", (), "la plaque carotidienne", "die Karotisplaque", "la placa carotídea"),
+    Structure("nuclei", _SM, "", ("cell nuclei",), "les noyaux", "die Zellkerne", "los núcleos"),
+    Structure("cells", _SM, "", ("tumor cells",), "les cellules", "die Zellen", "las células"),
+    Structure("tumor region", _SM, "", ("tumour area", "invasive tumor"), "la région tumorale", "die Tumorregion", "la región tumoral"),
+    Structure("glands", _SM, "", ("glandular structures",), "les glandes", "die Drüsen", "las glándulas"),
+    Structure("mitotic figures", _SM, "", ("mitoses",), "les figures mitotiques", "die Mitosefiguren", "las figuras mitóticas"),
+    Structure("lymphocytes", _SM, "", ("immune cells",), "les lymphocytes", "die Lymphozyten", "los linfocitos"),
+)  # fmt: skip
+
+#: findings and topics asked about in questions (vqa) and knowledge look-ups (retrieval): en, fr, de, es
+TOPICS = (
+    ("pleural effusion", "épanchement pleural", "Pleuraerguss", "derrame pleural"),
+    ("pneumothorax", "pneumothorax", "Pneumothorax", "neumotórax"),
+    ("pneumonia", "pneumonie", "Pneumonie", "neumonía"),
+    ("pulmonary embolism", "embolie pulmonaire", "Lungenembolie", "embolia pulmonar"),
+    ("ground-glass opacity", "verre dépoli", "Milchglastrübung", "opacidad en vidrio deslustrado"),
+    ("emphysema", "emphysème", "Emphysem", "enfisema"),
+    ("atelectasis", "atélectasie", "Atelektase", "atelectasia"),
+    ("sarcoidosis", "sarcoïdose", "Sarkoidose", "sarcoidosis"),
+    ("fatty liver", "stéatose hépatique", "Fettleber", "hígado graso"),
+    ("liver cirrhosis", "cirrhose", "Leberzirrhose", "cirrosis hepática"),
+    ("renal cyst", "kyste rénal", "Nierenzyste", "quiste renal"),
+    ("kidney stones", "lithiase rénale", "Nierensteine", "cálculos renales"),
+    ("appendicitis", "appendicite", "Appendizitis", "apendicitis"),
+    ("pancreatitis", "pancréatite", "Pankreatitis", "pancreatitis"),
+    ("glioblastoma", "glioblastome", "Glioblastom", "glioblastoma"),
+    ("meningioma", "méningiome", "Meningeom", "meningioma"),
+    ("ischemic stroke", "AVC ischémique", "ischämischer Schlaganfall", "ictus isquémico"),
+    ("multiple sclerosis", "sclérose en plaques", "Multiple Sklerose", "esclerosis múltiple"),
+    ("thyroid nodules", "nodules thyroïdiens", "Schilddrüsenknoten", "nódulos tiroideos"),
+    ("TI-RADS", "TI-RADS", "TI-RADS", "TI-RADS"),
+    ("BI-RADS 4", "BI-RADS 4", "BI-RADS 4", "BI-RADS 4"),
+    ("breast cancer", "cancer du sein", "Brustkrebs", "cáncer de mama"),
+    ("prostate cancer", "cancer de la prostate", "Prostatakrebs", "cáncer de próstata"),
+    ("Gleason grading", "score de Gleason", "Gleason-Score", "escala de Gleason"),
+    (
+        "ductal carcinoma in situ",
+        "carcinome canalaire in situ",
+        "duktales Carcinoma in situ",
+        "carcinoma ductal in situ",
+    ),
+    ("lymphoma", "lymphome", "Lymphom", "linfoma"),
+    ("osteoporosis", "ostéoporose", "Osteoporose", "osteoporosis"),
+    ("scaphoid fracture", "fracture du scaphoïde", "Skaphoidfraktur", "fractura de escafoides"),
+    ("cardiomegaly", "cardiomégalie", "Kardiomegalie", "cardiomegalia"),
+    ("aortic aneurysm", "anévrisme aortique", "Aortenaneurysma", "aneurisma aórtico"),
+    ("hydrocephalus", "hydrocéphalie", "Hydrozephalus", "hidrocefalia"),
+    ("mitotic activity", "activité mitotique", "Mitoseaktivität", "actividad mitótica"),
+)
+
+#: candidate label sets for classification requests that list their labels, per language
+LABEL_SETS = (
+    {"en": ("normal", "abnormal"), "fr": ("normal", "anormal"), "de": ("normal", "auffällig"), "es": ("normal", "anormal")},
+    {"en": ("benign", "malignant"), "fr": ("bénin", "malin"), "de": ("gutartig", "bösartig"), "es": ("benigno", "maligno")},
+    {"en": ("pneumonia", "normal"), "fr": ("pneumonie", "normal"), "de": ("Pneumonie", "normal"), "es": ("neumonía", "normal")},
+    {"en": ("covid-19", "pneumonia", "normal"), "fr": ("covid-19", "pneumonie", "normal"), "de": ("COVID-19", "Pneumonie", "normal"), "es": ("covid-19", "neumonía", "normal")},
+    {"en": ("glioma", "meningioma", "pituitary tumor"), "fr": ("gliome", "méningiome", "adénome hypophysaire"), "de": ("Gliom", "Meningeom", "Hypophysentumor"), "es": ("glioma", "meningioma", "tumor hipofisario")},
+    {"en": ("fracture", "no fracture"), "fr": ("fracture", "pas de fracture"), "de": ("Fraktur", "keine Fraktur"), "es": ("fractura", "sin fractura")},
+    {"en": ("tumor", "no tumor"), "fr": ("tumeur", "pas de tumeur"), "de": ("Tumor", "kein Tumor"), "es": ("tumor", "sin tumor")},
+    {"en": ("chest x-ray", "brain MRI", "abdominal CT"), "fr": ("radio thoracique", "IRM cérébrale", "scanner abdominal"), "de": ("Thoraxröntgen", "Schädel-MRT", "Abdomen-CT"), "es": ("radiografía de tórax", "resonancia cerebral", "TC abdominal")},
+    {"en": ("contrast", "non-contrast"), "fr": ("injecté", "non injecté"), "de": ("mit Kontrastmittel", "ohne Kontrastmittel"), "es": ("con contraste", "sin contraste")},
+    {"en": ("fatty liver", "normal liver"), "fr": ("foie stéatosique", "foie normal"), "de": ("Fettleber", "normale Leber"), "es": ("hígado graso", "hígado normal")},
+    {"en": ("cyst", "solid nodule"), "fr": ("kyste", "nodule solide"), "de": ("Zyste", "solider Knoten"), "es": ("quiste", "nódulo sólido")},
+    {"en": ("ductal carcinoma", "lobular carcinoma", "normal tissue"), "fr": ("carcinome canalaire", "carcinome lobulaire", "tissu normal"), "de": ("duktales Karzinom", "lobuläres Karzinom", "Normalgewebe"), "es": ("carcinoma ductal", "carcinoma lobulillar", "tejido normal")},
+    {"en": ("tumor tissue", "stroma", "necrosis"), "fr": ("tissu tumoral", "stroma", "nécrose"), "de": ("Tumorgewebe", "Stroma", "Nekrose"), "es": ("tejido tumoral", "estroma", "necrosis")},
+    {"en": ("PA view", "lateral view"), "fr": ("face", "profil"), "de": ("p.a.", "seitlich"), "es": ("PA", "lateral")},
+)  # fmt: skip
+
+AND = {"en": "and", "fr": "et", "de": "und", "es": "y"}
+OR = {"en": "or", "fr": "ou", "de": "oder", "es": "o"}
+
+#: (body part, study descriptions) per modality; series descriptions are drawn from the same lists
+STUDIES = {
+    "CT": {
+        "CHEST": ("CT CHEST W/O CONTRAST", "CT THORAX", "LOW DOSE CHEST CT", "CTA CHEST PE"),
+        "ABDOMEN": ("CT ABDOMEN PELVIS W CONTRAST", "CT ABD", "CT UROGRAM", "PORTAL VENOUS PHASE"),
+        "HEAD": ("CT HEAD W/O", "CT BRAIN NON CONTRAST"),
+        "BRAIN": ("CT BRAIN", "CT HEAD PERFUSION"),
+        "SPINE": ("CT SPINE", "CT LUMBAR SPINE"),
+        "PELVIS": ("CT PELVIS",),
+        "NECK": ("CT NECK W CONTRAST",),
+    },
+    "MR": {
+        "BRAIN": ("MR BRAIN W/WO", "MRI HEAD", "T1 POST GAD", "FLAIR AX"),
+        "KNEE": ("MR KNEE", "PD FS COR"),
+        "PELVIS": ("MR PROSTATE MULTIPARAMETRIC", "T2 AX PELVIS"),
+        "ABDOMEN": ("MR LIVER", "MRCP", "T2 HASTE"),
+        "SPINE": ("MR C-SPINE", "MR LUMBAR SPINE"),
+        "BREAST": ("MR BREAST BILATERAL",),
+        "CHEST": ("CARDIAC MR",),
+    },
+    "CR": {
+        "CHEST": ("XR CHEST PA", "CHEST 2 VIEWS", "PORTABLE CHEST"),
+        "HAND": ("XR HAND",),
+        "KNEE": ("XR KNEE",),
+    },
+    "DX": {
+        "CHEST": ("DX CHEST PA", "CHEST AP SUPINE", "THORAX PA"),
+        "HAND": ("DX HAND",),
+        "SPINE": ("DX L-SPINE",),
+    },
+    "US": {
+        "NECK": ("US THYROID", "US CAROTID"),
+        "ABDOMEN": ("US ABDOMEN COMPLETE", "US RUQ", "OB US 2ND TRIMESTER"),
+        "BREAST": ("US BREAST LEFT",),
+        "PELVIS": ("US PELVIS",),
+        "CHEST": ("US PLEURA",),
+    },
+    "SM": {
+        "": ("H&E WHOLE SLIDE", "BREAST BIOPSY H&E", "COLON RESECTION", "LUNG BIOPSY"),
+        "BREAST": ("BREAST CORE BIOPSY",),
+        "COLON": ("COLON POLYP",),
+    },
+    "": {"": ("",)},
+}
+FRAMES = {
+    "CT": (40, 400),
+    "MR": (20, 200),
+    "CR": (1, 1),
+    "DX": (1, 1),
+    "US": (1, 60),
+    "SM": (4, 2000),
+    "": (0, 0),
+}
+
+# ---------------------------------------------------------------------------------------------- phrasings
+
+#: Keyword vocabularies per intent and language, shared by every split: a held-out family is a new sentence
+#: frame around words the model has met. Slots: {v} a verb (imperative), {vi} the infinitive, {n} a noun,
+#: {k} a knowledge question's opening, {q} a presence question's opening, {gv}/{gvi} a grounding verb.
+KEYWORDS: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    "grounded_segmentation": {
+        "en": {
+            "v": ("segment", "outline", "contour", "delineate", "mask", "trace", "shade", "extract", "isolate",
+                  "auto-contour", "colour in", "map out", "segment out", "draw around", "measure the volume of",
+                  "compute the volume of", "create a mask of", "make a segmentation of"),
+            "n": ("segmentation", "mask", "contour", "outline", "volume", "segmentation mask", "volumetry"),
+        },
+        "fr": {"v": ("segmente", "contoure", "délimite", "détoure"), "vi": ("segmenter", "contourer", "délimiter", "détourer"),
+               "n": ("segmentation", "contour", "masque", "volume")},
+        "de": {"v": ("segmentiere", "umrande", "konturiere", "vermiss"), "vi": ("segmentieren", "umranden", "konturieren", "vermessen"),
+               "n": ("Segmentierung", "Maske", "Kontur", "Volumen")},
+        "es": {"v": ("segmenta", "contornea", "delimita", "delinea"), "vi": ("segmentar", "contornear", "delimitar", "delinear"),
+               "n": ("segmentación", "máscara", "contorno", "volumen")},
+    },
+    "grounding": {
+        "en": {
+            "v": ("locate", "find", "detect", "box", "localize", "localise", "spot", "mark", "point out", "flag",
+                  "pinpoint", "draw a box around", "put a bounding box on", "circle", "search for", "run detection for"),
+            "n": ("location", "bounding box", "position", "coordinates", "box", "detection"),
+        },
+        "fr": {"v": ("localise", "trouve", "détecte", "encadre", "repère"), "vi": ("localiser", "trouver", "détecter", "encadrer", "repérer"),
+               "n": ("position", "localisation", "boîte englobante")},
+        "de": {"v": ("finde", "lokalisiere", "markiere", "erkenne", "umrahme"), "vi": ("finden", "lokalisieren", "markieren", "erkennen", "umrahmen"),
+               "n": ("Position", "Lokalisation", "Bounding Box")},
+        "es": {"v": ("localiza", "encuentra", "detecta", "señala", "marca"), "vi": ("localizar", "encontrar", "detectar", "señalar", "marcar"),
+               "n": ("posición", "localización", "recuadro")},
+    },
+    "classification": {
+        "en": {"v": ("classify", "categorize", "categorise", "label", "sort"),
+               "n": ("image type", "modality", "category", "kind of image", "body region", "organ shown")},
+        "fr": {"v": ("classe", "catégorise"), "vi": ("classer", "catégoriser"),
+               "n": ("le type d'image", "la modalité", "la catégorie", "l'organe visible")},
+        "de": {"v": ("klassifiziere", "kategorisiere"), "vi": ("klassifizieren", "kategorisieren", "einordnen"),
+               "n": ("den Bildtyp", "die Modalität", "die Kategorie", "das Organ")},
+        "es": {"v": ("clasifica", "categoriza"), "vi": ("clasificar", "categorizar"),
+               "n": ("el tipo de imagen", "la modalidad", "la categoría", "el órgano")},
+    },
+    "report_generation": {
+        "en": {"v": ("write", "generate", "draft", "dictate", "prepare", "produce", "compose", "create"),
+               "n": ("report", "radiology report", "structured report", "findings and impression", "write-up", "summary report")},
+        "fr": {"v": ("rédige", "écris", "génère", "prépare"), "vi": ("rédiger", "écrire", "générer", "préparer"),
+               "n": ("un compte rendu", "le rapport", "les conclusions", "un rapport radiologique")},
+        "de": {"v": ("schreibe", "erstelle", "generiere", "diktiere"), "vi": ("schreiben", "erstellen", "generieren", "diktieren"),
+               "n": ("einen Befund", "den Befundbericht", "einen Bericht", "den radiologischen Befund")},
+        "es": {"v": ("redacta", "escribe", "genera", "prepara"), "vi": ("redactar", "escribir", "generar", "preparar"),
+               "n": ("un informe", "el informe radiológico", "las conclusiones", "el informe")},
+    },
+    "retrieval": {
+        "en": {"k": ("explain", "tell me about", "define", "give me background on", "what is known about", "look up",
+                     "summarize the literature on", "what are the causes of", "what is the treatment of",
+                     "what is the differential diagnosis of", "what are the risk factors for", "what is the prognosis of",
+                     "what are the typical imaging features of", "what are the guidelines for", "how common is")},
+        "fr": {"k": ("explique", "définis", "donne les causes de", "parle-moi de", "quel est le traitement de",
+                     "résume la littérature sur", "quel est le diagnostic différentiel de")},
+        "de": {"k": ("erkläre", "definiere", "nenne die Ursachen von", "erzähl mir etwas über", "wie behandelt man",
+                     "fasse die Literatur zusammen zu", "Differenzialdiagnose von")},
+        "es": {"k": ("explica", "define", "dime las causas de", "háblame de", "cómo se trata", "resume la literatura sobre",
+                     "diagnóstico diferencial de")},
+    },
+    "vqa": {
+        "en": {"q": ("is there", "do you see", "can you see", "is there any", "are there signs of", "is there evidence of", "do we have")},
+        "fr": {"q": ("y a-t-il", "voit-on", "existe-t-il des signes de", "y a-t-il une présence de")},
+        "de": {"q": ("gibt es", "sieht man", "gibt es Hinweise auf", "zeigt sich")},
+        "es": {"q": ("hay", "se ve", "hay signos de", "se observa")},
+    },
+}  # fmt: skip
+KEYWORDS["two_step"] = {
+    lang: {"gv": w["v"], "gvi": w.get("vi", w["v"])} for lang, w in KEYWORDS["grounding"].items()
+}
+KEYWORDS["segmentation"] = KEYWORDS["grounded_segmentation"]
+KEYWORDS["classification_labels"] = KEYWORDS["classification"]
+
+#: intent -> language -> families; a family is one sentence frame, its variants separated by " | ".
+#: Slots: {s} structures, {t} a topic, {labels} candidate labels, {box} a box, {pt} a point, {f} a frame,
+#: and the keyword slots of KEYWORDS.
+PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "grounded_segmentation": {
+        "en": (
+            "{v} the {s} | {v} {s}",
+            "please {v} the {s} | {v} the {s} please | kindly {v} the {s}",
+            "can you {v} the {s}? | could you {v} the {s} for me? | would you {v} the {s}?",
+            "I need you to {v} the {s} | I'd like you to {v} the {s} | I want you to {v} the {s}",
+            "{s} {n} | {n} of the {s} | {s} {n} please",
+            "go ahead and {v} the {s} | now {v} the {s} | next, {v} the {s}",
+            "{v} the {s} on this scan | {v} the {s} in this study | {v} the {s} on every slice",
+            "I need a {n} of the {s} | give me a {n} of the {s} | get me the {s} {n}",
+            "help me {v} the {s} | let's {v} the {s} | time to {v} the {s}",
+            "{v} the {s} asap | quickly {v} the {s} | {v} the {s}, thanks",
+            "use grounded segmentation to {v} the {s} | run grounding dino + medsam and {v} the {s} | grounded sam: {v} the {s}",
+            "{n}: {s} | {n} needed for the {s} | requesting a {n} of the {s}",
+        ),
+        "fr": (
+            "{v} {s} | {v} {s} svp",
+            "peux-tu {vi} {s} ? | pourrais-tu {vi} {s} ?",
+            "merci de {vi} {s} | je voudrais {vi} {s}",
+            "{n} : {s} | {n} pour {s} svp",
+            "il faut {vi} {s} | tu dois {vi} {s}",
+        ),
+        "de": (
+            "{v} {s} | bitte {v} {s}",
+            "kannst du {s} {vi}? | könntest du {s} {vi}?",
+            "{s} bitte {vi} | ich möchte {s} {vi}",
+            "{n} für {s} | {n}: {s} bitte",
+            "du sollst {s} {vi} | wir müssen {s} {vi}",
+        ),
+        "es": (
+            "{v} {s} | por favor {v} {s}",
+            "¿puedes {vi} {s}? | ¿podrías {vi} {s}?",
+            "necesito {vi} {s} | quiero {vi} {s}",
+            "{n}: {s} | {n} para {s} por favor",
+            "hay que {vi} {s} | tienes que {vi} {s}",
+        ),
+    },
+    "grounding": {
+        "en": (
+            "{v} the {s} | {v} {s}",
+            "please {v} the {s} | {v} the {s} please | kindly {v} the {s}",
+            "can you {v} the {s}? | could you {v} the {s} for me? | would you {v} the {s}?",
+            "I need you to {v} the {s} | I'd like you to {v} the {s} | I want you to {v} the {s}",
+            "{s} {n} | {n} of the {s} | {s} {n} please",
+            "where is the {s}? | where's the {s}? | where are the {s}?",
+            "{v} the {s} on this image | {v} the {s} in this study | {v} the {s} on the scan",
+            "run grounding dino to {v} the {s} | grounding: {v} the {s} | use grounding to {v} the {s}",
+            "help me {v} the {s} | let's {v} the {s} | time to {v} the {s}",
+            "go ahead and {v} the {s} | now {v} the {s} | next, {v} the {s}",
+            "I need the {n} of the {s} | give me the {n} of the {s} | get me the {s} {n}",
+            "show me where the {s} is | tell me where the {s} is on the image | can you show me where the {s} is?",
+        ),
+        "fr": (
+            "{v} {s} | {v} {s} svp",
+            "peux-tu {vi} {s} ? | pourrais-tu {vi} {s} ?",
+            "où se trouve {s} ? | où est {s} ?",
+            "merci de {vi} {s} | je voudrais {vi} {s}",
+            "{n} : {s} | {n} pour {s} svp",
+            "montre-moi où est {s} | dis-moi où se trouve {s}",
+        ),
+        "de": (
+            "{v} {s} | bitte {v} {s}",
+            "kannst du {s} {vi}? | könntest du {s} {vi}?",
+            "wo ist {s}? | wo liegt {s}?",
+            "{s} bitte {vi} | ich möchte {s} {vi}",
+            "{n}: {s} | {n} für {s} bitte",
+            "zeig mir, wo {s} liegt | sag mir, wo {s} ist",
+        ),
+        "es": (
+            "{v} {s} | por favor {v} {s}",
+            "¿puedes {vi} {s}? | ¿podrías {vi} {s}?",
+            "¿dónde está {s}? | ¿dónde se ve {s}?",
+            "necesito {vi} {s} | quiero {vi} {s}",
+            "{n}: {s} | {n} para {s} por favor",
+            "muéstrame dónde está {s} | dime dónde se ve {s}",
+        ),
+    },
+    "two_step": {
+        "en": (
+            "{gv} the {s}, then segment the boxes | {gv} the {s} and then segment inside the boxes",
+            "first {gv} the {s}, then run medsam on the boxes | {gv} the {s} first, then medsam on those boxes",
+            "grounding then medsam for the {s} | grounding dino + medsam in two steps: {s}",
+            "two steps: {gv} the {s}, then segment it | in two steps, {gv} the {s} and segment the detections",
+            "step 1 {gv} the {s}, step 2 segment the detections | step one: {gv} the {s}; step two: segment each box",
+            "use the boxes of the {s} as medsam prompts | {gv} the {s} and feed the boxes to medsam",
+        ),
+        "fr": (
+            "{gv} {s} puis segmente les boîtes avec medsam | {gv} {s}, puis segmente dans les boîtes",
+            "d'abord {gvi} {s}, ensuite medsam sur les boîtes | en deux étapes : {gvi} {s} puis medsam",
+            "{gv} {s} et passe les boîtes à medsam | {gv} {s}, ensuite segmente chaque boîte",
+        ),
+        "de": (
+            "{gv} {s} und segmentiere dann die Boxen mit MedSAM | {gv} {s}, dann in den Boxen segmentieren",
+            "zuerst {s} {gvi}, danach MedSAM auf die Boxen | in zwei Schritten: {s} {gvi}, dann MedSAM",
+            "{gv} {s} und gib die Boxen an MedSAM | {gv} {s}, danach jede Box segmentieren",
+        ),
+        "es": (
+            "{gv} {s} y luego segmenta las cajas con medsam | {gv} {s}, después segmenta dentro de las cajas",
+            "primero {gvi} {s}, después medsam sobre las cajas | en dos pasos: {gvi} {s} y luego medsam",
+            "{gv} {s} y pasa las cajas a medsam | {gv} {s}, luego segmenta cada caja",
+        ),
+    },
+    "segmentation": {
+        "en": (
+            "segment the {s} in box {box} on frame {f} | segment inside the box {box}, frame {f}, label {s}",
+            "medsam with box {box} on frame {f} for the {s} | run medsam: box {box}, frame {f} ({s})",
+            "segment the {s} at point {pt} on frame {f} | click-segment the {s} at {pt}, frame {f}",
+            "use the point {pt} on frame {f} to segment the {s} | seed point {pt} on frame {f}: segment the {s}",
+            "here is a box {box} on frame {f} around the {s}; segment it | box {box} frame {f} is the {s}, give me its mask",
+            "{v} the {s} inside {box} on frame {f} | {v} the {s} from the point {pt} on frame {f}",
+        ),
+        "fr": (
+            "segmente {s} dans la boîte {box} sur l'image {f} | {v} {s} dans la boîte {box}, image {f}",
+            "segmente {s} au point {pt}, image {f} | point {pt} sur l'image {f} : {v} {s}",
+            "medsam : boîte {box}, image {f}, pour {s} | medsam au point {pt}, image {f}, pour {s}",
+        ),
+        "de": (
+            "segmentiere {s} in der Box {box} auf Bild {f} | {v} {s} in der Box {box}, Bild {f}",
+            "segmentiere {s} am Punkt {pt} auf Bild {f} | Punkt {pt} auf Bild {f}: {v} {s}",
+            "MedSAM mit Box {box}, Bild {f}, für {s} | MedSAM am Punkt {pt}, Bild {f}, für {s}",
+        ),
+        "es": (
+            "segmenta {s} en la caja {box} en la imagen {f} | {v} {s} en la caja {box}, imagen {f}",
+            "segmenta {s} en el punto {pt}, imagen {f} | punto {pt} en la imagen {f}: {v} {s}",
+            "medsam: caja {box}, imagen {f}, para {s} | medsam en el punto {pt}, imagen {f}, para {s}",
+        ),
+    },
+    "classification": {
+        "en": (
+            "{v} this image | {v} the image",
+            "what is the {n}? | which {n} is this? | tell me the {n}",
+            "what type of image is this? | what kind of scan is this? | what sort of image am I looking at?",
+            "run biomedclip on this | zero-shot classification please | biomedclip: {v} the image",
+            "{v} | {n}? | {n} please",
+            "can you {v} this study? | please {v} this picture | {v} this scan for me",
+            "identify the {n} | determine the {n} of this image | recognise the {n}",
+            "what type of study is this? | what kind of image is this one? | which type of exam is this?",
+        ),
+        "fr": (
+            "{v} cette image | {v} l'image",
+            "donne {n} | indique {n}",
+            "quel type d'image est-ce ? | de quel type d'examen s'agit-il ?",
+            "peux-tu {vi} cette image ? | merci de {vi} l'image",
+        ),
+        "de": (
+            "{v} dieses Bild | {v} das Bild",
+            "bestimme {n} | nenne {n}",
+            "was für ein Bild ist das? | welche Art von Untersuchung ist das?",
+            "kannst du das Bild {vi}? | bitte das Bild {vi}",
+        ),
+        "es": (
+            "{v} esta imagen | {v} la imagen",
+            "dime {n} | indica {n}",
+            "¿qué tipo de imagen es? | ¿qué tipo de estudio es este?",
+            "¿puedes {vi} la imagen? | necesito {vi} esta imagen",
+        ),
+    },
+    "classification_labels": {
+        "en": (
+            "{v} this as {labels} | {v} the image as {labels}",
+            "is this {labels}? | would you say {labels}?",
+            "choose between {labels} | pick one: {labels}",
+            "{labels}: which one fits? | {labels} - which is it?",
+            "zero-shot classify with the labels {labels} | run biomedclip with the labels {labels}",
+            "which label applies, {labels}? | which of {labels} fits this image?",
+            "decide {labels} | your call: {labels}?",
+            "is it {labels}? | does this look like {labels}?",
+        ),
+        "fr": (
+            "{v} cette image : {labels} | {v} comme {labels}",
+            "est-ce {labels} ? | c'est {labels} ?",
+            "choisis entre {labels} | quelle catégorie, {labels} ?",
+        ),
+        "de": (
+            "{v} als {labels} | {v} das Bild als {labels}",
+            "ist das {labels}? | ist es {labels}?",
+            "wähle zwischen {labels} | welche Kategorie, {labels}?",
+        ),
+        "es": (
+            "{v} como {labels} | {v} la imagen como {labels}",
+            "¿es {labels}? | ¿esto es {labels}?",
+            "elige entre {labels} | ¿qué categoría, {labels}?",
+        ),
+    },
+    "report_generation": {
+        "en": (
+            "{v} a {n} | {v} the {n}",
+            "please {v} a {n} | {v} the {n} please",
+            "can you {v} the {n}? | could you {v} a {n} for this study?",
+            "{n} please | {n} pls | {n}?",
+            "I need the {n} | I'd like a {n} | give me the {n}",
+            "run chatcad | chatcad-g {n} | use the report generator",
+            "{v} a short {n} | {v} a brief {n} for this exam",
+            "summarize the study in a {n} | sum up the findings in a {n}",
+        ),
+        "fr": (
+            "{v} {n} | {v} {n} svp",
+            "peux-tu {vi} {n} ? | merci de {vi} {n}",
+            "{n} svp | il me faut {n}",
+            "je voudrais {n} | donne-moi {n}",
+        ),
+        "de": (
+            "{v} {n} | bitte {v} {n}",
+            "kannst du {n} {vi}? | könntest du {n} {vi}?",
+            "{n} bitte | ich brauche {n}",
+            "mach mir {n} | wir brauchen {n}",
+        ),
+        "es": (
+            "{v} {n} | por favor {v} {n}",
+            "¿puedes {vi} {n}? | ¿podrías {vi} {n}?",
+            "{n} por favor | necesito {n}",
+            "hazme {n} | quiero {n}",
+        ),
+    },
+    "retrieval": {
+        "en": (
+            "{k} {t} | {k} {t}?",
+            "please {k} {t} | {k} {t} please",
+            "can you {k} {t}? | could you {k} {t} for me?",
+            "I want to know: {k} {t} | question: {k} {t}",
+            "in general, {k} {t} | {k} {t} in general",
+            "look it up: {k} {t} | from the knowledge base, {k} {t}",
+            "what is {t}? | what does {t} mean?",
+            "what causes {t}? | why does {t} happen?",
+            "how is {t} treated? | how do you manage {t}?",
+            "tell me what {t} is | explain what {t} means",
+        ),
+        "fr": (
+            "{k} {t} | {k} {t} svp",
+            "question : {k} {t} | question : qu'est-ce que {t} ?",
+            "qu'est-ce que {t} ? | c'est quoi {t} ?",
+            "dans la base de connaissances, {k} {t} | cherche : {k} {t}",
+        ),
+        "de": (
+            "{k} {t} | bitte {k} {t}",
+            "Frage: {k} {t} | Frage: was ist {t}?",
+            "was ist {t}? | was bedeutet {t}?",
+            "in der Wissensbasis: {k} {t} | such nach: {k} {t}",
+        ),
+        "es": (
+            "{k} {t} | por favor {k} {t}",
+            "pregunta: {k} {t} | pregunta: ¿qué es {t}?",
+            "¿qué es {t}? | ¿qué significa {t}?",
+            "en la base de conocimiento, {k} {t} | busca: {k} {t}",
+        ),
+    },
+    "vqa": {
+        "en": (
+            "{q} {t} in this image? | {q} {t} here?",
+            "{q} {t} on this study? | {q} {t} on this scan?",
+            "tell me, {q} {t}? | quick question: {q} {t}?",
+            "describe the {s} in this study | what does the {s} look like here? | comment on the {s}",
+            "describe this image | what do you see in this image? | what are the main findings here?",
+            "what is abnormal in this study? | anything unusual in this image? | what abnormality do you see?",
+            "how many slices does this series have? | what is the slice thickness here? | which view is this radiograph?",
+            "is the {s} enlarged? | does the {s} look normal? | is the {s} abnormal here?",
+            "does this scan show {t}? | does the patient have {t}? | would you say there is {t}?",
+            "llava-med: {q} {t}? | ask llava-med: {q} {t}? | visual question: {q} {t}?",
+            "how many images are in this series? | what is the pixel spacing here? | what projection is this?",
+            "tell me what you see | summarize what this image shows | does this study show {t}?",
+        ),
+        "fr": (
+            "{q} {t} sur cette image ? | {q} {t} ici ?",
+            "décris cette image | que vois-tu sur cet examen ? | qu'est-ce qui est anormal ici ?",
+            "cet examen montre-t-il {t} ? | le patient a-t-il {t} ?",
+            "question : {q} {t} ? | l'examen montre-t-il {t} ?",
+            "combien de coupes dans cette série ? | quelle est l'épaisseur de coupe ? | décris {s}",
+        ),
+        "de": (
+            "{q} {t} in diesem Bild? | {q} {t} hier?",
+            "beschreibe dieses Bild | was siehst du in dieser Untersuchung? | was ist hier auffällig?",
+            "zeigt das Bild {t}? | hat der Patient {t}?",
+            "Frage: {q} {t}? | zeigt die Aufnahme {t}?",
+            "wie viele Schichten hat diese Serie? | wie dick sind die Schichten? | beschreibe {s}",
+        ),
+        "es": (
+            "¿{q} {t} en esta imagen? | ¿{q} {t} aquí?",
+            "describe esta imagen | ¿qué ves en este estudio? | ¿qué es anormal aquí?",
+            "¿muestra este estudio {t}? | ¿tiene el paciente {t}?",
+            "pregunta: ¿{q} {t}? | ¿el estudio muestra {t}?",
+            "¿cuántos cortes tiene esta serie? | ¿qué grosor de corte tiene? | describe {s}",
+        ),
+    },
+    "greeting": {
+        "en": (
+            "hi | hello | hello there!",
+            "thanks | thank you! | great, thanks",
+            "good morning | good evening | hey",
+            "who are you? | what are you? | are you a bot?",
+            "ok | cool | got it",
+            "bye | see you | good night",
+        ),
+        "fr": ("bonjour | salut | bonsoir", "merci | merci beaucoup | super, merci", "qui es-tu ? | au revoir | d'accord"),
+        "de": ("hallo | guten Morgen | servus", "danke | vielen Dank | super, danke", "wer bist du? | tschüss | alles klar"),
+        "es": ("hola | buenos días | buenas tardes", "gracias | muchas gracias | genial, gracias", "¿quién eres? | adiós | vale"),
+    },
+    "off_topic": {
+        "en": (
+            "what's the weather today? | will it rain tomorrow? | how hot is it outside?",
+            "tell me a joke | tell me something funny | make me laugh",
+            "book a meeting room for 3pm | schedule a meeting with the team | move my 2pm meeting",
+            "order lunch for the team | where can I get coffee? | order a pizza",
+            "what time is it? | what's the date today? | what day is it?",
+            "write a poem about spring | write a song about the sea | tell me a story",
+            "how do I reset my password? | my printer does not work | call the IT helpdesk",
+            "print the worklist | send an email to the secretary | what's the wifi password?",
+            "what's the capital of France? | who won the football game? | recommend a movie",
+            "translate 'good night' into Italian | what's 17 times 23? | convert 5 miles to km",
+        ),
+        "fr": (
+            "quel temps fait-il ? | va-t-il pleuvoir ?",
+            "raconte une blague | raconte une histoire",
+            "quelle heure est-il ? | quel jour sommes-nous ?",
+            "réserve une salle | commande le déjeuner | envoie un e-mail",
+        ),
+        "de": (
+            "wie wird das Wetter? | regnet es morgen?",
+            "erzähl einen Witz | erzähl eine Geschichte",
+            "wie spät ist es? | welcher Tag ist heute?",
+            "buche einen Raum | bestell das Mittagessen | schick eine E-Mail",
+        ),
+        "es": (
+            "¿qué tiempo hace? | ¿va a llover?",
+            "cuéntame un chiste | cuéntame una historia",
+            "¿qué hora es? | ¿qué día es hoy?",
+            "reserva una sala | pide la comida | envía un correo",
+        ),
+    },
+    "clarify": {
+        "en": (
+            "check this | look at this | can you check it?",
+            "help | help me | need help with this one",
+            "do your thing | process it | go",
+            "analyse | analyze this please | what do you think?",
+            "? | ... | hmm",
+            "do the usual | the same as last time | run it",
+            "take care of this study | have a look | see what you can do",
+            "can you handle this? | deal with this one | do something with it",
+        ),
+        "fr": ("regarde ça | aide-moi | tu peux vérifier ?", "analyse | qu'en penses-tu ? | fais le nécessaire",
+               "fais quelque chose | occupe-toi de ça | jette un œil"),
+        "de": ("schau dir das an | hilf mir | kannst du das prüfen?", "analysieren | was meinst du? | mach mal",
+               "kümmere dich darum | mach was damit | wirf einen Blick darauf"),
+        "es": ("mira esto | ayúdame | ¿puedes revisarlo?", "analiza | ¿qué opinas? | haz lo de siempre",
+               "encárgate de esto | haz algo con esto | échale un vistazo"),
+    },
+}  # fmt: skip
+
+#: clauses that combine into requests for several tools ({a} and {b} of CONNECTORS); they are vocabulary
+#: (a keyword and its object), shared by every split; the connectors are the held-out phrasings
+CLAUSES: dict[str, dict[str, tuple[str, ...]]] = {
+    "grounded_segmentation": {"en": ("{v} the {s}",), "fr": ("{v} {s}",), "de": ("{v} {s}",), "es": ("{v} {s}",)},
+    "grounding": {"en": ("{v} the {s}",), "fr": ("{v} {s}",), "de": ("{v} {s}",), "es": ("{v} {s}",)},
+    "classification": {
+        "en": ("{v} the image", "tell me the {n}", "{v} it as {labels}"),
+        "fr": ("{v} l'image", "donne {n}", "{v} l'image : {labels}"),
+        "de": ("{v} das Bild", "nenne {n}", "{v} das Bild als {labels}"),
+        "es": ("{v} la imagen", "dime {n}", "{v} la imagen como {labels}"),
+    },
+    "report_generation": {"en": ("{v} a {n}", "{v} the {n}"), "fr": ("{v} {n}",), "de": ("{v} {n}",), "es": ("{v} {n}",)},
+    "vqa": {
+        "en": ("tell me if there is {t}", "check whether {t} is present", "describe what you see"),
+        "fr": ("dis-moi s'il y a {t}", "décris ce que tu vois"),
+        "de": ("sag mir, ob {t} vorliegt", "beschreibe, was du siehst"),
+        "es": ("dime si hay {t}", "describe lo que ves"),
+    },
+    "retrieval": {"en": ("{k} {t}",), "fr": ("{k} {t}",), "de": ("{k} {t}",), "es": ("{k} {t}",)},
+}  # fmt: skip
+CONNECTORS: dict[str, tuple[str, ...]] = {
+    "en": (
+        "{a} and {b} | {a} & {b}",
+        "{a}, then {b} | {a} then {b}",
+        "first {a}, then {b} | first {a}; then {b}",
+        "{a}; also {b} | {a}. also {b}",
+        "please {a} and {b} | could you {a} and {b}?",
+        "{a} + {b} | {a} / {b}",
+        "{a}. afterwards, {b} | {a} and afterwards {b}",
+        "{a}, and after that {b} | {a}. after that, {b}",
+        "{a} and then {b} | {a}, and then {b}",
+        "{a}, plus {b} | {a}, and also {b}",
+    ),
+    "fr": ("{a} et {b} | {a} et aussi {b}", "{a}, puis {b} | {a} puis {b}", "d'abord {a}, ensuite {b} | {a}, ensuite {b}",
+           "{a} ; aussi {b} | {a}, puis aussi {b}"),
+    "de": ("{a} und {b} | {a} und außerdem {b}", "{a}, dann {b} | {a} dann {b}", "zuerst {a}, danach {b} | {a}, danach {b}",
+           "{a}; außerdem {b} | {a}, dann noch {b}"),
+    "es": ("{a} y {b} | {a} y también {b}", "{a}, luego {b} | {a} luego {b}", "primero {a}, después {b} | {a}, después {b}",
+           "{a}; también {b} | {a}, luego también {b}"),
+}  # fmt: skip
+#: the pairs of intents a multi-tool request combines (the first runs first)
+COMBINATIONS = (
+    ("grounded_segmentation", "report_generation"),
+    ("grounded_segmentation", "vqa"),
+    ("grounded_segmentation", "classification"),
+    ("grounded_segmentation", "retrieval"),
+    ("grounding", "report_generation"),
+    ("grounding", "vqa"),
+    ("grounding", "grounded_segmentation"),
+    ("classification", "report_generation"),
+    ("classification", "vqa"),
+    ("vqa", "retrieval"),
+    ("grounded_segmentation", "grounding"),
+    ("classification", "grounded_segmentation"),
+)
+#: how often each kind of request is drawn
+INTENT_WEIGHTS = {
+    "grounded_segmentation": 0.17,
+    "grounding": 0.11,
+    "two_step": 0.04,
+    "segmentation": 0.04,
+    "classification": 0.06,
+    "classification_labels": 0.05,
+    "report_generation": 0.07,
+    "retrieval": 0.09,
+    "vqa": 0.09,
+    "greeting": 0.03,
+    "off_topic": 0.03,
+    "clarify": 0.05,
+    "multi": 0.15,
+}
+_NEEDS_STRUCTURE = {"grounded_segmentation", "grounding", "two_step", "segmentation"}
+
+# ------------------------------------------------------------------------------------------------ families
+
+
+@dataclass(frozen=True)
+class Family:
+    """One way of asking: a few variants of a template, all in one split."""
+
+    id: str
+    kind: str  # an intent of PHRASINGS, "clause:<intent>" or "connector"
+    language: str
+    templates: tuple[str, ...]
+
+
+def _families(table: dict[str, dict[str, tuple[str, ...]]], kind_prefix: str = "") -> list[Family]:
+    found = []
+    for intent, languages in table.items():
+        for language, rows in languages.items():
+            for index, row in enumerate(rows):
+                kind = f"{kind_prefix}{intent}"
+                templates = tuple(part.strip() for part in row.split(" | "))
+                found.append(Family(f"{kind}.{language}.{index}", kind, language, templates))
+    return found
+
+
+def all_families() -> list[Family]:
+    """Every family: requests, multi-tool clauses and connectors."""
+    families = _families(PHRASINGS) + _families(CLAUSES, "clause:")
+    for language, rows in CONNECTORS.items():
+        for index, row in enumerate(rows):
+            families.append(
+                Family(
+                    f"connector.{language}.{index}",
+                    "connector",
+                    language,
+                    tuple(p.strip() for p in row.split(" | ")),
+                )
+            )
+    return families
+
+
+def _stable_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+SHARED = "shared"
+
+
+def family_splits() -> dict[str, str]:
+    """``{family id: split}``: per kind and language, a fifth of the families (at least one of three or
+    more) go to test and one of six or more to val; the choice is a fixed hash, not the order written.
+    Clauses are vocabulary, ``SHARED`` by every split (a multi-tool request's connector is held out)."""
+    groups: dict[tuple[str, str], list[Family]] = {}
+    splits = {}
+    for family in all_families():
+        if family.kind.startswith("clause:"):
+            splits[family.id] = SHARED
+        else:
+            groups.setdefault((family.kind, family.language), []).append(family)
+    for members in groups.values():
+        ordered = sorted(members, key=lambda f: _stable_key(f.id))
+        n_test = max(1, round(len(ordered) * 0.2)) if len(ordered) >= 3 else 0
+        n_val = 1 if len(ordered) >= 6 else 0
+        for index, family in enumerate(ordered):
+            split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
+            splits[family.id] = split
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+
+@dataclass
+class Part:
+    """One thing a request asks for."""
+
+    intent: str
+    structures: list[str] = field(default_factory=list)  # canonical prompts
+    labels: list[str] = field(default_factory=list)  # classification candidates, as written
+    params: dict[str, Any] = field(default_factory=dict)  # given boxes or points
+
+
+#: the tools each intent needs, in order
+INTENT_TOOLS = {
+    "grounded_segmentation": ("grounded_segmentation",),
+    "grounding": ("grounding",),
+    "two_step": ("grounding", "segmentation"),
+    "segmentation": ("segmentation",),
+    "classification": ("classification",),
+    "classification_labels": ("classification",),
+    "report_generation": ("report_generation",),
+    "retrieval": ("retrieval",),
+    "vqa": ("vqa",),
+}
+GREETING_VALUE = "Hello! Tell me what to do with this study: segment or locate a structure, classify it, write a report or answer a question."
+OFF_TOPIC_VALUE = "I only plan imaging tools: segmentation, localisation, classification, reports and answers about studies."
+CLARIFY_VALUE = "What should I do with this study: segment or locate a structure, classify the image, write a report or answer a question?"
+
+
+def _names(structures: Sequence[str]) -> str:
+    return (
+        " and ".join(structures)
+        if len(structures) <= 2
+        else ", ".join(structures[:-1]) + " and " + structures[-1]
+    )
+
+
+def _phrase(part: Part) -> str:
+    """What the part asks, in a few words for the plan's thoughts."""
+    names = _names(part.structures)
+    if part.intent == "grounded_segmentation":
+        return f"segment {names}"
+    if part.intent == "grounding":
+        return f"locate {names}"
+    if part.intent == "two_step":
+        return f"box {names}, then segment the boxes"
+    if part.intent == "segmentation":
+        return f"segment {names} from the given {'box' if 'boxes' in part.params else 'point'}"
+    if part.intent == "classification_labels":
+        return f"choose between {', '.join(part.labels)}"
+    return {
+        "classification": "classify the image",
+        "report_generation": "write a report",
+        "retrieval": "answer from the knowledge base",
+        "vqa": "answer a question about this study",
+    }[part.intent]
+
+
+def _actions(part: Part, first_index: int) -> list[Action]:
+    if part.intent in ("grounded_segmentation", "grounding"):
+        return [Action(part.intent, {"prompts": list(part.structures)})]
+    if part.intent == "two_step":
+        return [
+            Action("grounding", {"prompts": list(part.structures)}),
+            Action("segmentation", {"boxes": f"${first_index}.boxes"}),
+        ]
+    if part.intent == "segmentation":
+        return [Action("segmentation", dict(part.params))]
+    if part.intent == "classification_labels":
+        return [Action("classification", {"labels": list(part.labels)})]
+    return [Action(INTENT_TOOLS[part.intent][0], {})]
+
+
+def build_plan(parts: Sequence[Part], modality: str, offered: Iterable[str]) -> Plan:
+    """The plan a request deserves, given the tools offered: the parts whose tools are all offered run in
+    order; the others are named in the thoughts. No part runnable: no actions, and the value says why."""
+    offered = set(offered)
+    where = f"for {modality}" if modality else "here"
+    if len(parts) == 1 and parts[0].intent in ("greeting", "off_topic", "clarify"):
+        intent = parts[0].intent
+        thoughts = {
+            "greeting": "A greeting; no tool is needed.",
+            "off_topic": "Not an imaging task; no tool is needed.",
+            "clarify": "The request is unclear; ask what is wanted.",
+        }[intent]
+        value = {"greeting": GREETING_VALUE, "off_topic": OFF_TOPIC_VALUE, "clarify": CLARIFY_VALUE}[intent]
+        return Plan(thoughts, (), value)
+    actions: list[Action] = []
+    notes: list[str] = []
+    missing: list[str] = []
+    for part in parts:
+        lacking = [tool for tool in INTENT_TOOLS[part.intent] if tool not in offered]
+        if lacking:
+            notes.append(f"{_phrase(part)} needs {lacking[0]}, not offered {where}")
+            missing.append(lacking[0])
+            continue
+        notes.append(_phrase(part))
+        actions.extend(_actions(part, len(actions)))
+    thoughts = "; then ".join(notes)
+    thoughts = thoughts[0].upper() + thoughts[1:] + "."
+    if actions:
+        return Plan(thoughts, tuple(actions), plan_value(actions))
+    study = f"{modality} studies" if modality else "this study"
+    return Plan(
+        thoughts,
+        (),
+        f"I cannot do that here: {', '.join(dict.fromkeys(missing))} is not available for {study}.",
+    )
+
+
+def exemplar_plans() -> list[Plan]:
+    """A plan of every shape the planner writes: drafts for the decoder's speculation."""
+    everything = list(TASKS)
+    examples = [
+        [Part("grounded_segmentation", ["left lung", "right lung"])],
+        [Part("grounding", ["liver"])],
+        [Part("two_step", ["kidneys"])],
+        [
+            Part(
+                "segmentation",
+                ["liver"],
+                params={"boxes": [{"label": "liver", "frame": 0, "xyxy": [1, 2, 3, 4]}]},
+            )
+        ],
+        [Part("segmentation", ["liver"], params={"points": [{"label": "liver", "frame": 0, "xy": [1, 2]}]})],
+        [Part("classification_labels", labels=["normal", "abnormal"])],
+        [Part("classification"), Part("report_generation")],
+        [Part("vqa"), Part("retrieval")],
+        [Part("greeting")],
+        [Part("off_topic")],
+        [Part("clarify")],
+    ]
+    plans = [build_plan(parts, "CT", everything) for parts in examples]
+    plans.append(build_plan([Part("grounded_segmentation", ["brain tumor"])], "MR", ["vqa"]))
+    return plans
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+@dataclass(frozen=True)
+class Example:
+    """One generated request and the plan it deserves."""
+
+    id: str
+    split: str
+    family: str
+    language: str
+    instruction: str
+    modality: str
+    body_part: str
+    study_description: str
+    series_description: str
+    slices: int
+    offered: tuple[str, ...]
+    plan: Plan
+
+    @property
+    def expected_tools(self) -> list[str]:
+        return list(dict.fromkeys(action.API_name for action in self.plan.actions))
+
+    @property
+    def expected_prompts(self) -> list[str]:
+        from agent_core.planner.llm import action_targets
+
+        found: list[str] = []
+        for action in self.plan.actions:
+            found.extend(action_targets(action))
+        return normalise_prompts(found) if found else []
+
+
+_NEIGHBOURS = "qwertyuiopasdfghjklzxcvbnm"
+
+
+def misspell(text: str, rng: random.Random, edits: int = 1) -> str:
+    """``text`` with ``edits`` typing slips (a letter dropped, doubled, swapped or mistyped) in long words."""
+    words = text.split(" ")
+    candidates = [i for i, word in enumerate(words) if len(word) >= 5 and word.isalpha()]
+    for index in rng.sample(candidates, min(edits, len(candidates))):
+        word = words[index]
+        at = rng.randrange(1, len(word) - 1)
+        slip = rng.choice(("drop", "double", "swap", "mistype"))
+        if slip == "drop":
+            word = word[:at] + word[at + 1 :]
+        elif slip == "double":
+            word = word[:at] + word[at] + word[at:]
+        elif slip == "swap":
+            word = word[:at] + word[at + 1] + word[at] + word[at + 2 :]
+        else:
+            word = word[:at] + rng.choice(_NEIGHBOURS) + word[at + 1 :]
+        words[index] = word
+    return " ".join(words)
+
+
+def strip_accents(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+
+
+def _vary(text: str, language: str, rng: random.Random) -> str:
+    """Typing habits: slips, no accents, capitals, punctuation."""
+    roll = rng.random()
+    if roll < 0.12:
+        text = misspell(text, rng, 1 if rng.random() < 0.75 else 2)
+    if language != "en" and rng.random() < 0.25:
+        text = strip_accents(text)
+    roll = rng.random()
+    if roll < 0.05:
+        text = text.upper()
+    elif roll < 0.35:
+        text = text[:1].upper() + text[1:]
+    elif roll < 0.45:
+        text = text.lower()
+    if rng.random() < 0.15 and text and text[-1] not in "?.!":
+        text += rng.choice((".", "!", " please", " pls", " thx"))
+    return text
+
+
+class Generator:
+    """Draws requests of one split; deterministic for a seed."""
+
+    def __init__(
+        self, split: str, cards: Sequence[ToolCard], seed: int = 0, *, vary_tools: bool | None = None
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"Invalid 'split' value {split!r} - must be one of {', '.join(SPLITS)}")
+        self.split = split
+        self.cards = list(cards)
+        self.rng = random.Random(f"{seed}:{split}")
+        self.vary_tools = split == "train" if vary_tools is None else vary_tools
+        splits = family_splits()
+        self.families: dict[tuple[str, str], list[Family]] = {}
+        for family in all_families():
+            if splits[family.id] in (split, SHARED):
+                self.families.setdefault((family.kind, family.language), []).append(family)
+
+    # -- pieces
+
+    def _family(self, kind: str, language: str) -> Family | None:
+        options = self.families.get((kind, language))
+        return self.rng.choice(options) if options else None
+
+    def _modality(self, intent: str) -> str:
+        """A modality for the request; requests for structures go mostly to modalities that ground them."""
+        weights = dict(MODALITY_WEIGHTS)
+        if intent in _NEEDS_STRUCTURE and intent != "segmentation":
+            weights = {**weights, "CT": 0.42, "CR": 0.17, "DX": 0.13, "": 0.03}
+        return self.rng.choices(list(weights), list(weights.values()))[0]
+
+    def _structures(self, modality: str, count: int) -> list[Structure]:
+        pool = [s for s in STRUCTURES if not modality or modality in s.modalities]
+        first = self.rng.choice(pool)
+        same_region = [s for s in pool if s.body_part == first.body_part and s is not first]
+        chosen = [first]
+        while len(chosen) < count and same_region:
+            pick = self.rng.choice(same_region)
+            same_region.remove(pick)
+            chosen.append(pick)
+        return chosen
+
+    def _study(self, modality: str, body_part: str) -> tuple[str, str, str, int]:
+        parts = STUDIES[modality]
+        if body_part not in parts:
+            body_part = self.rng.choice(list(parts))
+        descriptions = parts[body_part]
+        study = self.rng.choice(descriptions) if self.rng.random() < 0.5 else ""
+        series = self.rng.choice(descriptions) if self.rng.random() < 0.2 else ""
+        low, high = FRAMES[modality]
+        slices = self.rng.randint(low, high) if high and self.rng.random() < 0.5 else 0
+        if self.rng.random() < 0.2:
+            body_part = ""
+        return body_part, study, series, slices
+
+    def _offered(self, modality: str) -> list[str]:
+        offered = [c.name for c in self.cards if not modality or modality in c.modalities]
+        if not self.vary_tools:
+            return offered
+        roll = self.rng.random()
+        if roll < 0.12 and len(offered) > 1:
+            for _ in range(self.rng.choice((1, 1, 2))):
+                if len(offered) > 1:
+                    offered.remove(self.rng.choice(offered))
+        elif roll < 0.2:
+            extra = [c.name for c in self.cards if c.name not in offered]
+            if extra:
+                offered.append(self.rng.choice(extra))
+        return [c.name for c in self.cards if c.name in offered]
+
+    def _fill(self, template: str, language: str, part: Part, structures: Sequence[Structure]) -> str:
+        """The template with its slots filled; sets the part's structures, labels and params."""
+        text = template
+        for slot, words in KEYWORDS.get(part.intent, {}).get(language, {}).items():
+            while "{" + slot + "}" in text:
+                text = text.replace("{" + slot + "}", self.rng.choice(words), 1)
+        if "{s}" in text:
+            surfaces = [s.surface(language, self.rng) for s in structures]
+            joined = (
+                surfaces[0]
+                if len(surfaces) == 1
+                else ", ".join(surfaces[:-1]) + f" {AND[language]} {surfaces[-1]}"
+            )
+            text = text.replace("{s}", joined)
+            part.structures = [s.name for s in structures]
+        if "{t}" in text:
+            topic = self.rng.choice(TOPICS)
+            text = text.replace("{t}", topic[LANGUAGES.index(language)])
+        if "{labels}" in text:
+            labels = list(self.rng.choice(LABEL_SETS)[language])
+            self.rng.shuffle(labels)
+            style = self.rng.random()
+            if style < 0.15:
+                written = "/".join(labels)
+            elif style < 0.3:
+                written = ", ".join(labels)
+            else:
+                written = ", ".join(labels[:-1]) + f" {OR[language]} {labels[-1]}"
+            text = text.replace("{labels}", written)
+            part.labels = labels
+            if part.intent == "classification":
+                part.intent = "classification_labels"
+        if "{box}" in text or "{pt}" in text:
+            frame = self.rng.randint(0, 300)
+            text = text.replace("{f}", str(frame))
+            label = structures[0].name
+            if "{box}" in text:
+                x0, y0 = self.rng.randint(0, 400), self.rng.randint(0, 400)
+                box = [x0, y0, x0 + self.rng.randint(8, 200), y0 + self.rng.randint(8, 200)]
+                written = self.rng.choice(("{0},{1},{2},{3}", "[{0}, {1}, {2}, {3}]", "({0}, {1}, {2}, {3})"))
+                text = text.replace("{box}", written.format(*box))
+                part.params = {"boxes": [{"label": label, "frame": frame, "xyxy": box}]}
+            else:
+                point = [self.rng.randint(0, 511), self.rng.randint(0, 511)]
+                written = self.rng.choice(("({0}, {1})", "{0},{1}", "x={0} y={1}"))
+                text = text.replace("{pt}", written.format(*point))
+                part.params = {"points": [{"label": label, "frame": frame, "xy": point}]}
+            part.structures = [label]
+        return text
+
+    def _count(self) -> int:
+        roll = self.rng.random()
+        return 3 if roll < 0.04 else 2 if roll < 0.2 else 1
+
+    # -- requests
+
+    def _single(self, intent: str, language: str) -> tuple[str, str, list[Part], str] | None:
+        family = self._family(intent, language)
+        if family is None:
+            return None
+        template = self.rng.choice(family.templates)
+        modality = self._modality(intent)
+        if intent in ("vqa",) and "{s}" in template and not modality:
+            modality = "CT"
+        count = self._count() if intent in ("grounded_segmentation", "grounding", "two_step") else 1
+        structures = self._structures(modality, count) if "{s}" in template else []
+        part = Part(intent)
+        text = self._fill(template, language, part, structures)
+        if intent not in INTENT_TOOLS and intent not in ("greeting", "off_topic", "clarify"):
+            raise AssertionError(intent)
+        if part.intent == "vqa":
+            part.structures = []  # a question names structures but asks no prompts
+        body_part = structures[0].body_part if structures else ""
+        return text, modality, [part], f"{family.id}|{body_part}"
+
+    def _multi(self, language: str) -> tuple[str, str, list[Part], str] | None:
+        first, second = self.rng.choice(COMBINATIONS)
+        connector = self._family("connector", language)
+        clause_a = self._family(f"clause:{first}", language)
+        clause_b = self._family(f"clause:{second}", language)
+        if connector is None or clause_a is None or clause_b is None:
+            return None
+        modality = self._modality(first)
+        needs = [t for t in (first, second) if t in _NEEDS_STRUCTURE]
+        structures = self._structures(modality, self._count()) if needs else []
+        parts = []
+        texts = []
+        for intent, clause in ((first, clause_a), (second, clause_b)):
+            part = Part(intent)
+            texts.append(self._fill(self.rng.choice(clause.templates), language, part, structures))
+            if part.intent == "vqa":
+                part.structures = []
+            parts.append(part)
+        text = self.rng.choice(connector.templates).replace("{a}", texts[0]).replace("{b}", texts[1])
+        body_part = structures[0].body_part if structures else ""
+        family = f"{connector.id}+{clause_a.id}+{clause_b.id}|{body_part}"
+        return text, modality, parts, family
+
+    def draw(self, index: int) -> Example:
+        """One request; retried until its split has a family for the drawn intent and language."""
+        while True:
+            intent = self.rng.choices(list(INTENT_WEIGHTS), list(INTENT_WEIGHTS.values()))[0]
+            language = self.rng.choices(list(LANGUAGE_WEIGHTS), list(LANGUAGE_WEIGHTS.values()))[0]
+            drawn = self._multi(language) if intent == "multi" else self._single(intent, language)
+            if drawn is not None:
+                break
+        text, modality, parts, family = drawn
+        family_id, body_part = family.rsplit("|", 1)
+        body_part, study_description, series_description, slices = self._study(modality, body_part)
+        offered = tuple(self._offered(modality))
+        plan = build_plan(parts, modality, offered)
+        return Example(
+            id=f"{self.split}-{index:05d}",
+            split=self.split,
+            family=family_id,
+            language=language,
+            instruction=_vary(text, language, self.rng),
+            modality=modality,
+            body_part=body_part,
+            study_description=study_description if self.vary_tools else "",
+            series_description=series_description if self.vary_tools else "",
+            slices=slices if self.vary_tools else 0,
+            offered=offered,
+            plan=plan,
+        )
+
+
+def generate(
+    split: str, count: int, cards: Sequence[ToolCard], seed: int = 0, *, exclude: Iterable[str] = ()
+) -> list[Example]:
+    """``count`` requests of ``split``; requests whose lower-cased text is in ``exclude`` are redrawn."""
+    generator = Generator(split, cards, seed)
+    excluded = {text.strip().lower() for text in exclude}
+    examples: list[Example] = []
+    attempts = 0
+    while len(examples) < count:
+        attempts += 1
+        if attempts > count * 20:
+            raise RuntimeError(f"cannot draw {count} distinct {split} requests")
+        example = generator.draw(len(examples))
+        if example.instruction.strip().lower() in excluded:
+            continue
+        examples.append(example)
+    return examples
+
+
+def default_cards(models: Any = None) -> list[ToolCard]:
+    """The cards of the built-in tools (third-party tools are added with ``medagent planner add-tool``)."""
+    from agent_core.registry import ToolRegistry
+
+    return [tool.card for tool in ToolRegistry.default(models, entry_points=False).tools()]
+
+
+# --------------------------------------------------------------------------------------------- records
+
+
+def conversation(example: Example, cards: Sequence[ToolCard]) -> dict[str, Any]:
+    """One training record in MMedAgent's conversation format (the human turn is the planner's prompt)."""
+    offered = [card for card in cards if card.name in example.offered]
+    line = study_line(
+        example.modality,
+        example.body_part,
+        example.study_description,
+        example.series_description,
+        example.slices,
+    )
+    return {
+        "id": example.id,
+        "conversations": [
+            {"from": "human", "value": user_prompt(offered, line, example.instruction)},
+            {"from": "gpt", "value": example.plan.to_mmedagent_text()},
+        ],
+        "instruction": example.instruction,
+        "modality": example.modality,
+        "body_part": example.body_part,
+        "offered_tools": list(example.offered),
+        "expected_tools": example.expected_tools,
+        "expected_prompts": example.expected_prompts,
+        "family": example.family,
+        "language": example.language,
+        "split": example.split,
+    }
+
+
+def eval_item(example: Example) -> dict[str, Any]:
+    """One request as ``medagent planner eval`` reads it."""
+    return {
+        "id": example.id,
+        "instruction": example.instruction,
+        "modality": example.modality,
+        "body_part": example.body_part,
+        "expected_tools": example.expected_tools,
+        "expected_prompts": example.expected_prompts,
+    }
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON object a line (atomically); returns how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".part")
+    count = 0
+    with temporary.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    temporary.replace(path)
+    return count
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file; a bad line raises ``ValueError`` naming the file and line."""
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, not {type(record).__name__}")
+            yield record
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """The three splits of one generation."""
+
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+
+
+def build_dataset(cards: Sequence[ToolCard], train: int, val: int, test: int, seed: int = 0) -> DataSet:
+    """Train, val and test requests; val and test never repeat a training request's text."""
+    train_examples = generate("train", train, cards, seed)
+    seen = [e.instruction for e in train_examples]
+    return DataSet(
+        train_examples,
+        generate("val", val, cards, seed, exclude=seen),
+        generate("test", test, cards, seed, exclude=seen),
+    )
+
+
+def write_dataset(out: Path, dataset: DataSet, cards: Sequence[ToolCard]) -> dict[str, int]:
+    """``train.jsonl``/``val.jsonl``/``test.jsonl`` (conversations) and ``val_eval.jsonl``/``test_eval.jsonl``
+    (eval requests) in ``out``; returns the counts by file name."""
+    out = Path(out)
+    counts = {}
+    for split in SPLITS:
+        examples = getattr(dataset, split)
+        counts[f"{split}.jsonl"] = write_jsonl(
+            out / f"{split}.jsonl", (conversation(e, cards) for e in examples)
+        )
+        if split != "train":
+            counts[f"{split}_eval.jsonl"] = write_jsonl(
+                out / f"{split}_eval.jsonl", (eval_item(e) for e in examples)
+            )
+    return counts
+
+
+# ------------------------------------------------------------------------------------------- new tools
+
+
+def card_from_dict(data: dict[str, Any]) -> ToolCard:
+    """A tool card from JSON (``medagent planner add-tool --card``): name, description, modalities,
+    parameters (a JSON schema; default: none), optional tasks, outputs and aliases."""
+    for key in ("name", "description", "modalities"):
+        if not data.get(key):
+            raise ValueError(f"Invalid tool card - '{key}' is missing or empty")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", str(data["name"])):
+        raise ValueError(f"Invalid 'name' value {data['name']!r} - use lower-case letters, digits and '_'")
+    parameters = data.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
+    return ToolCard(
+        name=str(data["name"]),
+        description=str(data["description"]),
+        tasks=tuple(data.get("tasks") or (data["name"],)),
+        modalities=tuple(str(m).upper() for m in data["modalities"]),
+        parameters=parameters,
+        outputs=tuple(data.get("outputs") or ("text",)),
+        aliases=tuple(data.get("aliases") or ()),
+    )
+
+
+def new_tool_examples(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The example requests of a new tool's spec: ``[{"instruction", "params"?, "language"?}]``."""
+    examples = spec.get("examples") or []
+    if len(examples) < 5:
+        raise ValueError('Invalid tool spec - give at least 5 \'examples\' ({"instruction", "params"})')
+    for index, example in enumerate(examples):
+        if not isinstance(example, dict) or not str(example.get("instruction", "")).strip():
+            raise ValueError(f"Invalid 'examples[{index}]' value {example!r} - needs an 'instruction'")
+    return examples
+
+
+def split_new_tool_examples(examples: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """A fifth of a new tool's example requests (by a fixed hash of their text) is held out for test."""
+    ordered = sorted(examples, key=lambda e: _stable_key(str(e["instruction"])))
+    n_test = max(1, round(len(ordered) * 0.2))
+    return {"test": list(ordered[:n_test]), "train": list(ordered[n_test:])}
+
+
+def new_tool_draws(
+    card: ToolCard,
+    examples: Sequence[dict[str, Any]],
+    cards: Sequence[ToolCard],
+    count: int,
+    split: str,
+    seed: int = 0,
+) -> list[Example]:
+    """``count`` requests for the new tool from its ``examples``, on studies of its modalities, offered
+    with the old tools; a tenth on a modality it does not take, where the answer is that it cannot run."""
+    rng = random.Random(f"{seed}:{card.name}:{split}")
+    all_cards = [*cards, card]
+    found = []
+    for index in range(count):
+        example = rng.choice(list(examples))
+        inside = rng.random() >= 0.1
+        modalities = [m for m in STUDIES if m and (m in card.modalities) == inside] or list(card.modalities)
+        modality = rng.choice(modalities)
+        body_part = rng.choice(list(STUDIES[modality]))
+        offered = tuple(c.name for c in all_cards if modality in c.modalities)
+        action = Action(card.name, dict(example.get("params") or {}))
+        phrase = str(example.get("thought") or f"run {card.name}")
+        if card.name in offered:
+            plan = Plan(phrase[0].upper() + phrase[1:] + ".", (action,), plan_value([action]))
+        else:
+            plan = Plan(
+                f"{phrase[0].upper() + phrase[1:]} needs {card.name}, not offered for {modality}.",
+                (),
+                f"I cannot do that here: {card.name} is not available for {modality} studies.",
+            )
+        instruction = _vary(str(example["instruction"]), str(example.get("language", "en")), rng)
+        found.append(
+            Example(
+                id=f"{card.name}-{split}-{index:05d}",
+                split=split,
+                family=f"{card.name}.{_stable_key(str(example['instruction']))[:8]}",
+                language=str(example.get("language", "en")),
+                instruction=instruction,
+                modality=modality,
+                body_part=body_part,
+                study_description="",
+                series_description="",
+                slices=0,
+                offered=offered,
+                plan=plan,
+            )
+        )
+    return found
+
+
+def with_tool_offered(example: Example, card: ToolCard) -> Example:
+    """An old example re-offered with the new tool where it runs: the model must keep ignoring it."""
+    if card.name in example.offered or (example.modality and example.modality not in card.modalities):
+        return example
+    return dataclasses.replace(example, offered=(*example.offered, card.name))
