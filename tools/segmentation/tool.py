@@ -25,7 +25,8 @@ from tools.base import (
     resolve_device,
 )
 from tools.segmentation import litemedsam, medsam_vit
-from tools.segmentation.sam import FramePrompt
+from tools.segmentation.sam import FramePrompt, to_unit_range
+from tools.segmentation.seeded import keep_seeded_parts, region_box, seeded_region
 
 if TYPE_CHECKING:
     from config.settings import ModelsSection
@@ -193,6 +194,7 @@ class _Job:
     frame: int
     prompt: FramePrompt
     box: Box | None
+    region: np.ndarray | None = None  # a point prompt turned into a box: the region its points seeded
 
 
 class SegmentationTool(Tool):
@@ -207,7 +209,7 @@ class SegmentationTool(Tool):
         description=(
             "Segment the structure inside each given box (pixel x0,y0,x1,y1 on one frame), or marked by "
             "points (pixel x,y on one frame, positive inside, negative outside), and return a mask per "
-            "label. Needs boxes (e.g. from grounding) or points; points need a configured MedSAM/SAM ViT."
+            "label. Needs boxes (e.g. from grounding) or points."
         ),
         tasks=("segmentation",),
         modalities=("CT", "MR", "CR", "DX", "US", "SM", "XA", "MG", "PT"),
@@ -288,14 +290,12 @@ class SegmentationTool(Tool):
         if not engine.ready:
             return ToolResult.unavailable(engine.name, self.readiness()[1])
         module = _ENGINE_MODULES[engine.name]
-        if points and "point" not in module.PROMPT_KINDS:
-            return ToolResult.unavailable(
-                engine.name,
-                f"{engine.name} takes box prompts only (its weights answer points with near-empty masks); "
-                f"give boxes, or set {medsam_vit.CONFIG_KEY} to a SAM or MedSAM ViT checkpoint for points",
-            )
         try:
-            jobs = _jobs(boxes, point_prompts(points))
+            prompts = point_prompts(points)
+            if "point" in module.PROMPT_KINDS:
+                jobs = _jobs(boxes, prompts)
+            else:
+                jobs = _jobs(boxes, {}) + _seeded_box_jobs(tool_input, prompts)
         except ValueError as exc:
             return ToolResult.failed(engine.name, str(exc))
         try:
@@ -303,19 +303,53 @@ class SegmentationTool(Tool):
         except (OSError, ValueError, RuntimeError) as exc:
             return ToolResult.failed(engine.name, f"{engine.name} does not load: {exc}")
         masks = _run_jobs(tool_input, jobs, network, module.segment_frames)
+        seeded = [job for job in jobs if job.region is not None]
         return ToolResult(
             status=ToolStatus.OK,
             engine=engine.name,
             engine_version=self._version(engine.name),
             masks=masks,
-            boxes=list(boxes),
+            boxes=[job.box for job in jobs if job.box is not None],
             measurements=volume_measurements(masks, tool_input.spacing),
+            text=(
+                f"{engine.name} takes boxes only: {len(seeded)} point prompt(s) were turned into the box "
+                "around the region their points seed (seeded region growing), and each mask kept to that region."
+                if seeded
+                else ""
+            ),
         )
 
 
 def _jobs(boxes: Iterable[Box], points: Mapping[tuple[str, int], FramePrompt]) -> list[_Job]:
     jobs = [_Job(box.label, box.frame, FramePrompt(box=box.xyxy), box) for box in boxes]
     jobs.extend(_Job(label, frame, prompt, None) for (label, frame), prompt in points.items())
+    return jobs
+
+
+def _window(tool_input: ToolInput, label: str) -> tuple[float, float] | None:
+    """The (level, width) a label's frames are shown to the engine in (None: colour, or percentiles)."""
+    if tool_input.is_color:
+        return None
+    window_param = tool_input.params.get("window")
+    if window_param:
+        return (float(window_param[0]), float(window_param[1]))
+    return window_for(label, tool_input.modality, tool_input.window)
+
+
+def _seeded_box_jobs(tool_input: ToolInput, prompts: Mapping[tuple[str, int], FramePrompt]) -> list[_Job]:
+    """Box jobs for an engine that takes boxes only: each point prompt becomes the box around its seeded region."""
+    frames, rows, columns = tool_input.image.shape[:3]
+    jobs = []
+    for (label, frame), prompt in prompts.items():
+        pixels = tool_input.image[frame]
+        grey = pixels.mean(axis=-1) if tool_input.is_color else pixels
+        try:
+            region = seeded_region(to_unit_range(grey, _window(tool_input, label)), prompt)
+        except ValueError as exc:
+            raise ValueError(f"{label!r} on frame {frame}: {exc}") from None
+        xyxy = region_box(region)
+        box = Box(label=label, frame=frame, xyxy=xyxy, score=1.0, rows=rows, columns=columns)
+        jobs.append(_Job(label, frame, FramePrompt(box=xyxy), box, region))
     return jobs
 
 
@@ -327,16 +361,9 @@ def _run_jobs(
     masks = {
         label: np.zeros((frames, rows, columns), dtype=bool) for label in dict.fromkeys(j.label for j in jobs)
     }
-    window_param = tool_input.params.get("window")
     by_window: dict[tuple[float, float] | None, list[_Job]] = defaultdict(list)
     for job in jobs:
-        if tool_input.is_color:
-            window = None
-        elif window_param:
-            window = (float(window_param[0]), float(window_param[1]))
-        else:
-            window = window_for(job.label, tool_input.modality, tool_input.window)
-        by_window[window].append(job)
+        by_window[_window(tool_input, job.label)].append(job)
     for window, window_jobs in by_window.items():
         per_frame: dict[int, list[_Job]] = defaultdict(list)
         for job in window_jobs:
@@ -352,5 +379,7 @@ def _run_jobs(
             for job, mask in zip(frame_jobs, predicted[frame], strict=True):
                 if job.box is not None:
                     mask = mask & box_area(job.box, rows, columns)
+                if job.region is not None:
+                    mask = keep_seeded_parts(mask, job.region)
                 masks[job.label][frame] |= mask
     return masks

@@ -6,6 +6,7 @@ from scipy import ndimage
 
 from tools.base import ToolInput, ToolStatus
 from tools.grounded_segmentation import GroundedSegmentationTool
+from tools.segmentation import SegmentationTool
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +50,23 @@ def test_each_lung_field_is_darker_than_its_surroundings(chest_cr, segmented) ->
     for label, mask in segmented.masks.items():
         ring = ndimage.binary_dilation(mask[0], iterations=40) & ~mask[0]
         assert shown[mask[0]].mean() < shown[ring].mean() - 0.05, label
+
+
+def test_a_click_in_a_lung_field_segments_that_lung_field(chest_cr, segmented) -> None:
+    """A point prompt on the radiograph: the mask covers most of the lung field found from the box, and no more."""
+    lung = segmented.masks["right lung"][0]
+    distance = ndimage.distance_transform_edt(lung)
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    tool_input = ToolInput(
+        image=chest_cr.display_array(),
+        spacing=chest_cr.spacing,
+        modality="CR",
+        params={"points": [{"label": "right lung", "frame": 0, "xy": [float(x), float(y)]}]},
+    )
+    result = SegmentationTool().run(tool_input)
+    assert result.status is ToolStatus.OK, result.error
+    clicked = result.masks["right lung"][0]
+    overlap = 2 * float((clicked & lung).sum()) / float(clicked.sum() + lung.sum())
+    print(f"Dice of the clicked right lung field against the box-prompted one: {overlap:.3f}")
+    assert clicked[y, x] and overlap >= 0.8
+    assert not (clicked & segmented.masks["left lung"][0]).any()

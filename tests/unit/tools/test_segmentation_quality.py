@@ -1,4 +1,5 @@
-"""LiteMedSAM's lung masks on a real chest CT, prompted by the CT-anatomy grounding, against a threshold mask.
+"""LiteMedSAM's lung masks on a real chest CT, prompted by the CT-anatomy grounding or by one click per lung,
+against a threshold mask.
 
 The reference is derived here, independently of ``tools.grounding``: air-density voxels inside the body,
 split into the patient's left and right lung. LiteMedSAM costs about a second per slice on two CPU cores,
@@ -84,3 +85,32 @@ def test_litemedsam_lungs_from_grounded_boxes_match_the_threshold_lungs(chest_ct
     for label in LUNGS:
         assert not np.delete(result.masks[label], frames, axis=0).any()
         assert scores[label] >= 0.9, (label, scores)
+
+
+def test_one_click_in_each_lung_gives_litemedsam_lung_masks_that_match_the_threshold_lungs(chest_ct) -> None:
+    """A point prompt: LiteMedSAM gets the box around the region the click seeds (its weights take boxes)."""
+    reference = reference_lungs(chest_ct.array, chest_ct.row_direction, chest_ct.spacing[2])
+    both = [f for f in range(len(chest_ct.array)) if all(reference[label][f].sum() > 2000 for label in LUNGS)]
+    frames = both[len(both) // 4 :: len(both) // 4][:3]
+    points = []
+    for frame in frames:
+        for label in LUNGS:  # the click: the lung pixel farthest from anything else, in the parenchyma
+            parenchyma = reference[label][frame] & (chest_ct.array[frame] < -400)
+            distance = ndimage.distance_transform_edt(parenchyma)
+            y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+            points.append({"label": label, "frame": frame, "xy": [float(x), float(y)]})
+    tool_input = ToolInput(
+        image=chest_ct.array, spacing=chest_ct.spacing, modality="CT", params={"points": points}
+    )
+    result = SegmentationTool(ModelsSection(device="cpu")).run(tool_input)
+    assert result.status is ToolStatus.OK, result.error
+    assert result.engine == "LiteMedSAM" and "seeded region growing" in result.text
+    assert sorted((b.label, b.frame) for b in result.boxes) == sorted(
+        (p["label"], p["frame"]) for p in points
+    )
+    scores = {label: dice(result.masks[label][frames], reference[label][frames]) for label in LUNGS}
+    print(f"Dice from one click per lung on frames {frames}: {scores}")
+    for label in LUNGS:
+        assert not np.delete(result.masks[label], frames, axis=0).any()
+        assert scores[label] >= 0.9, (label, scores)
+    assert not (result.masks["left lung"] & result.masks["right lung"]).any()

@@ -83,10 +83,11 @@ def test_requests_that_cannot_be_segmented_fail_with_a_reason(medsam_models, par
     assert message in result.error
 
 
-def test_points_are_refused_on_litemedsam_which_was_trained_with_boxes_only() -> None:
+def test_points_that_seed_no_boxable_region_fail_with_a_reason_on_litemedsam() -> None:
+    """A blank frame: the click's region is the whole frame, so there is no box to give LiteMedSAM."""
     result = SegmentationTool(ModelsSection(device="cpu")).run(_input(points=[POINT]))
-    assert result.status is ToolStatus.UNAVAILABLE and result.engine == "LiteMedSAM"
-    assert "box prompts only" in result.error and "models.medsam_checkpoint" in result.error
+    assert result.status is ToolStatus.FAILED and result.engine == "LiteMedSAM"
+    assert "'lesion' on frame 0" in result.error and "give a box" in result.error
 
 
 def test_grounded_segmentation_hands_its_models_to_both_tools(medsam_models) -> None:
