@@ -12,12 +12,14 @@ import re
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_serializer,
@@ -29,7 +31,15 @@ _AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # default character re
 
 
 class ConfigError(ValueError):
-    """The configuration file is missing, unreadable or invalid; the message names the key."""
+    """The configuration file is missing, unreadable or invalid; the message names the key.
+
+    ``errors`` lists ``(key path, message)`` pairs (``("routes[0].destinations", "...")``) when the file was
+    read but its values are invalid; it is empty when the file could not be read or parsed.
+    """
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [])
 
 
 def _check_ae_title(value: str) -> str:
@@ -41,6 +51,25 @@ def _check_ae_title(value: str) -> str:
     if not _AE_TITLE_CHARS.match(stripped):
         raise ValueError(f"'{value}' may hold only printable ASCII characters and no backslash")
     return stripped
+
+
+#: the AE title check of every model here: stripped, 1-16 characters of the default repertoire, no backslash
+check_ae_title = _check_ae_title
+
+_HOST_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+
+
+def check_host(value: str) -> str:
+    """An IP address or a host name (ASCII labels of letters, digits, ``-`` and ``_``), as peers are named."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if len(value) > 253 or not re.fullmatch(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*\.?", value):
+        raise ValueError(f"{value!r} is not an IP address or a host name")
+    return value
 
 
 class _Strict(BaseModel):
@@ -171,7 +200,7 @@ class CompletionPolicy(_Strict):
         choices = GroupBy if info.field_name == "group_by" else OnGrowth
         if isinstance(value, Enum):
             value = value.value
-        if value not in {choice.value for choice in choices}:
+        if not isinstance(value, str) or value not in {choice.value for choice in choices}:
             raise ValueError(f"{value!r} must be one of {', '.join(choice.value for choice in choices)}")
         return value
 
@@ -195,6 +224,7 @@ class Source(_Strict):
     completion: CompletionPolicy | None = None  # keys set here win over the route's completion keys
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    _check_host = field_validator("host")(classmethod(lambda cls, v: v if v is None else check_host(v)))
 
     @field_serializer("completion")
     def _dump_only_set_keys(self, value: CompletionPolicy | None) -> dict[str, Any] | None:
@@ -219,6 +249,7 @@ class Destination(_Strict):
     storage_commitment: bool = False
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    _check_host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
     @field_validator("transfer_syntaxes")
     @classmethod
@@ -307,16 +338,111 @@ class PlannerSection(_Strict):
 
 
 class QueueSection(_Strict):
-    """How tool runs are queued: ``embedded`` (no external server) or ``redis`` (a broker URL)."""
+    """How tool runs are queued: ``embedded`` (no external server) or ``redis`` (a broker URL).
+
+    ``redis`` mode: ``broker_url`` carries the tasks; ``result_backend_url`` (default: the broker URL) keeps
+    the small task results that join a job's independent actions before it is encoded (a chord). Workers
+    started with ``medagent worker`` read the same file. Times are seconds.
+
+    - ``visibility_timeout_seconds``: how long a task a worker took may stay unacknowledged before Redis
+      hands it to another worker. It must exceed the longest tool run (a task still running past it is run a
+      second time, idempotently, elsewhere) and it is how long the task of a crashed worker waits.
+    - ``time_limits``: how long each tool (by canonical name) may run before its action fails with a
+      message and the job goes on; ``default_time_limit_seconds`` for the tools not named (and for the
+      encoding step, ``finalize_job``). A tool that ignores the soft limit is killed
+      ``time_limit_grace_seconds`` later. The node writes the limits on each task it sends; the processes
+      of ``medagent worker`` enforce them (the embedded worker runs tasks in its own process, without).
+    - ``max_retries``, ``retry_backoff_seconds``, ``retry_backoff_max_seconds``: a task that meets a
+      transient error (shared storage or index unreachable, a dropped connection) is retried with
+      exponential backoff; a tool that raises is never retried, its action fails at once.
+    - ``preload_models``: ``medagent worker`` loads the weights of the tools of its queues when each worker
+      process starts, instead of at their first run.
+    """
 
     mode: QueueMode = QueueMode.EMBEDDED
     broker_url: str | None = None
+    result_backend_url: str | None = None
+    visibility_timeout_seconds: float = Field(3600.0, ge=1)
+    default_time_limit_seconds: float = Field(1800.0, gt=0)
+    time_limits: dict[str, float] = Field(default_factory=dict)
+    time_limit_grace_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=100)
+    retry_backoff_seconds: float = Field(2.0, gt=0)
+    retry_backoff_max_seconds: float = Field(60.0, gt=0)
+    preload_models: bool = True
+
+    @field_validator("time_limits")
+    @classmethod
+    def _check_time_limits(cls, value: dict[str, float]) -> dict[str, float]:
+        for tool, seconds in value.items():
+            if seconds <= 0:
+                raise ValueError(f"'{tool}': {seconds!r} must be a number of seconds above 0")
+        return {tool.strip().lower(): seconds for tool, seconds in value.items()}
 
     @model_validator(mode="after")
     def _check_broker(self) -> QueueSection:
         if self.mode is QueueMode.REDIS and not (self.broker_url or "").startswith(("redis://", "rediss://")):
             raise ValueError(f"broker_url '{self.broker_url}' must be a redis:// URL when mode is 'redis'")
+        if self.result_backend_url is not None and not self.result_backend_url.startswith(
+            ("redis://", "rediss://")
+        ):
+            raise ValueError(f"result_backend_url '{self.result_backend_url}' must be a redis:// URL")
+        if self.retry_backoff_max_seconds >= self.visibility_timeout_seconds:
+            raise ValueError(
+                f"retry_backoff_max_seconds {self.retry_backoff_max_seconds:g} must be below"
+                f" visibility_timeout_seconds {self.visibility_timeout_seconds:g}: a task waiting for its"
+                " retry would be handed to another worker"
+            )
         return self
+
+    def time_limit(self, tool: str) -> float:
+        """The soft time limit of ``tool`` (its canonical name), in seconds."""
+        return self.time_limits.get(tool.lower(), self.default_time_limit_seconds)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for reprs, logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+class IndexSection(_Strict):
+    """Where the index (studies, instances, jobs, outbox, audit) lives.
+
+    ``url`` null (the default) keeps it in ``<node.storage>/index.sqlite3``: SQLite in WAL mode, no
+    server. ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`` keeps the same tables in an existing
+    PostgreSQL database (created there when missing), so that several listeners and the workers on other
+    machines share one index. The password is masked in ``repr`` and error messages; the node hands the
+    URL to its embedded worker through ``<node.storage>/effective-config.yaml``.
+    """
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"'{redact_url(value)}' is not a valid URL: {exc}") from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"'{redact_url(value)}' must be a postgresql:// URL, or null for SQLite in node.storage"
+            )
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError(f"'{redact_url(value)}' must name the host: postgresql://HOST/DATABASE")
+        if not parts.path.strip("/"):
+            raise ValueError(f"'{redact_url(value)}' must name the database: postgresql://HOST/DATABASE")
+        return value
+
+    def __repr_args__(self) -> Any:
+        yield "url", None if self.url is None else redact_url(self.url)
 
 
 class DeliverySection(_Strict):
@@ -377,6 +503,35 @@ class ModelsSection(_Strict):
         return value
 
 
+class AdminSection(_Strict):
+    """The admin REST API (``dicom_node.admin``): where it listens and the bearer token it requires.
+
+    Without a ``token`` (here or in the environment variable ``MEDAGENT_ADMIN_TOKEN``, which wins) the API
+    is not started at all: the node never serves an unauthenticated admin API. ``port`` 0 takes a free
+    port (tests). The token is masked in ``repr`` and never written out by ``model_dump``.
+    """
+
+    bind: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _check_token(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise ValueError("must be a string")
+        if len(text.strip()) < 16 or text != text.strip():
+            raise ValueError("must be at least 16 characters with no surrounding spaces (value not shown)")
+        return value
+
+    @field_serializer("token")
+    def _never_dump_token(self, value: SecretStr | None) -> None:
+        return None
+
+
 class Settings(_Strict):
     """The whole node configuration."""
 
@@ -385,9 +540,11 @@ class Settings(_Strict):
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     queue: QueueSection = QueueSection()
+    index: IndexSection = IndexSection()
     planner: PlannerSection = PlannerSection()
     delivery: DeliverySection = DeliverySection()
     models: ModelsSection = ModelsSection()
+    admin: AdminSection = AdminSection()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -425,6 +582,10 @@ def _format_location(location: tuple[Any, ...]) -> str:
     return text
 
 
+#: the environment variable that holds the admin API's bearer token (wins over ``admin.token``)
+ADMIN_TOKEN_VARIABLE = "MEDAGENT_ADMIN_TOKEN"
+
+
 def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     for name, value in environ.items():
         if not name.startswith("MEDAGENT__"):
@@ -436,6 +597,10 @@ def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[st
         for key in path[1:-1]:
             section = section.setdefault(key, {})
         section[path[-1]] = yaml.safe_load(value)
+    token = environ.get(ADMIN_TOKEN_VARIABLE)
+    if token:
+        admin = data.get("admin")
+        data["admin"] = {**(admin if isinstance(admin, dict) else {}), "token": token}
     return data
 
 
@@ -449,14 +614,20 @@ def parse_settings(data: Any, origin: str = "<config>", environ: dict[str, str] 
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            key = _format_location(tuple(error["loc"])) or "(top level)"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            lines.append(f"{key}: {message}")
-        raise ConfigError(f"{origin}: invalid configuration\n  " + "\n  ".join(lines)) from None
+        errors = validation_messages(exc)
+        lines = [f"{key or '(top level)'}: {message}" for key, message in errors]
+        raise ConfigError(f"{origin}: invalid configuration\n  " + "\n  ".join(lines), errors) from None
+
+
+def validation_messages(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(key path, message)`` for each error of ``exc``; the path is ``""`` for a whole-model error."""
+    errors = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        errors.append((_format_location(tuple(error["loc"])), message))
+    return errors
 
 
 def load_settings(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Settings:

@@ -27,7 +27,7 @@ def _serve(arguments: argparse.Namespace) -> int:
     from dicom_node.node import Node
 
     settings = load_settings(arguments.config)
-    node = Node(settings)
+    node = Node(settings, config_file=arguments.config)
 
     def stop(signum: int, frame: object) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)
@@ -49,25 +49,57 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 
 def _worker(arguments: argparse.Namespace) -> int:
+    """Run a Celery worker for a node in redis queue mode, with the node's configuration file.
+
+    The worker takes tasks from the queues named (``cpu``, ``gpu`` or both) on ``queue.broker_url`` and reads
+    and writes the node's storage and index, which it must see at the same paths as the node. Each of its
+    ``--concurrency`` processes runs one task at a time and, with ``queue.preload_models``, loads the
+    weights of its queues' tools when it starts.
+    """
     import os
 
+    from config.settings import QueueMode
+
     settings = load_settings(arguments.config)
+    if settings.queue.mode is not QueueMode.REDIS:
+        print(
+            f"medagent: {arguments.config}: queue.mode is '{settings.queue.mode.value}'; `medagent worker`"
+            " serves a node configured with queue: {mode: redis, broker_url: redis://HOST:PORT/DB}"
+            " (an embedded node runs its own worker)",
+            file=sys.stderr,
+        )
+        return 2
+    queues = [name.strip() for name in arguments.queues.split(",") if name.strip()]
+    if not queues or any(name not in ("cpu", "gpu") for name in queues):
+        print(f"medagent: --queues '{arguments.queues}' must name cpu, gpu or both", file=sys.stderr)
+        return 2
+    if arguments.concurrency < 1:
+        print(f"medagent: --concurrency {arguments.concurrency} must be 1 or more", file=sys.stderr)
+        return 2
     os.environ["MEDAGENT_CONFIG"] = str(Path(arguments.config).resolve())
     from workers.app import app
 
-    del settings
-    app.worker_main(
+    if settings.queue.preload_models:
+        app.conf.medagent_preload_queues = tuple(queues)
+    code = app.start(
         [
             "worker",
             "--queues",
-            arguments.queues,
+            ",".join(queues),
             "--concurrency",
             str(arguments.concurrency),
+            "--pool",
+            "prefork",
+            "--hostname",
+            arguments.hostname or f"medagent-{os.getpid()}@%h",
             "--loglevel",
             arguments.log_level,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ]
     )
-    return 0
+    return int(code or 0)
 
 
 def _check(arguments: argparse.Namespace) -> int:
@@ -80,7 +112,7 @@ def _check(arguments: argparse.Namespace) -> int:
 
 
 def _resubmit(arguments: argparse.Namespace) -> int:
-    from dicom_node.index import Index
+    from dicom_node.index import open_index
 
     settings = load_settings(arguments.config)
     if arguments.destination is not None:
@@ -89,7 +121,7 @@ def _resubmit(arguments: argparse.Namespace) -> int:
         except KeyError:
             print(f"medagent: destination '{arguments.destination}' is not configured", file=sys.stderr)
             return 2
-    index = Index(settings.node.storage / "index.sqlite3")
+    index = open_index(settings)
     states = ("dead", "delivered") if arguments.include_delivered else ("dead",)
     count = index.resubmit_deliveries(
         sop_instance_uid=arguments.sop_instance_uid, destination=arguments.destination, states=states
@@ -99,16 +131,18 @@ def _resubmit(arguments: argparse.Namespace) -> int:
 
 
 def _process_now(arguments: argparse.Namespace) -> int:
-    from dicom_node.index import Index
+    from dicom_node.index import Index, index_location
 
     settings = load_settings(arguments.config)
-    path = Path(settings.node.storage) / "index.sqlite3"
-    if not path.exists():
-        print(f"medagent: no index at {path}; is --config the running node's file?", file=sys.stderr)
+    location = index_location(settings)
+    if isinstance(location, Path) and not location.exists():
+        print(f"medagent: no index at {location}; is --config the running node's file?", file=sys.stderr)
         return 1
-    if not Index(path).request_processing(arguments.study_instance_uid):
+    index = Index(location)
+    if not index.request_processing(arguments.study_instance_uid):
         print(
-            f"medagent: study {arguments.study_instance_uid} is not in the index at {path}", file=sys.stderr
+            f"medagent: study {arguments.study_instance_uid} is not in the index at {index.location}",
+            file=sys.stderr,
         )
         return 1
     print(f"study {arguments.study_instance_uid}: process now requested; the node plans it at its next sweep")
@@ -160,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     worker = commands.add_parser("worker", help="run a Celery worker for a node in redis queue mode")
     worker.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    worker.add_argument("--queues", default="cpu,gpu")
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--queues", default="cpu,gpu", help="cpu, gpu or cpu,gpu (default cpu,gpu)")
+    worker.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--hostname", help="Celery node name (default medagent-PID@HOST)")
     worker.set_defaults(handler=_worker)
     resubmit = commands.add_parser("resubmit", help="queue dead-letter deliveries again")
     resubmit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -185,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     process_now.add_argument("study_instance_uid", metavar="STUDY_UID")
     process_now.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     process_now.set_defaults(handler=_process_now)
+    from dicom_node.admin.commands import add_admin_commands
+
+    add_admin_commands(commands)
     return parser
 
 

@@ -1,8 +1,13 @@
-"""The node's index: SQLite in WAL mode, one connection per thread.
+"""The node's index: SQLite in WAL mode (the embedded default), or PostgreSQL shared by several listeners.
 
 Tables: ``studies``, ``instances``, ``associations`` (audit), ``jobs``, ``actions``, ``outputs`` and
 ``deliveries`` (the outbox, one row per object and destination). Times are UNIX seconds (UTC).
 The index holds UIDs and non-identifying metadata only; patient data stays in the spooled files.
+
+``Index(path)`` opens SQLite, one connection per thread; ``Index("postgresql://...")`` opens the same
+tables in PostgreSQL (``dicom_node.postgres``), where every call borrows a connection of its own. The SQL
+below is written once, with ``?`` placeholders, in the dialect both share; rows read by column name or
+position on both. ``open_index(settings)`` opens the index the configuration names (``index.url``).
 """
 
 from __future__ import annotations
@@ -11,10 +16,30 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import psycopg
+
+from dicom_node.postgres import (
+    SCHEMA_LOCK,
+    Connections,
+    Row,
+    is_postgresql_url,
+    postgres_schema,
+    redact_url,
+)
+
+if TYPE_CHECKING:
+    from config import Settings
+
+#: A row of the index: ``row["column"]`` or ``row[0]``, ``keys()``, ``dict(row)``, on either database.
+IndexRow: TypeAlias = sqlite3.Row | Row
+
+#: What a failed index call raises, whichever database holds the index (network handlers catch these).
+INDEX_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -141,18 +166,84 @@ _INGEST_COLUMNS = {
 }
 
 
-class Index:
-    """Access to the SQLite index at ``path``; safe to share between threads and processes."""
+class _Statements(Protocol):
+    """What ``Index.connect`` yields: ``sqlite3.Connection`` or ``dicom_node.postgres.Statements``."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
+def index_location(settings: Settings) -> str | Path:
+    """Where ``settings`` keep the index: the ``index.url`` of PostgreSQL, else ``<node.storage>/index.sqlite3``."""
+    if settings.index.url:
+        return settings.index.url
+    return Path(settings.node.storage) / "index.sqlite3"
+
+
+def open_index(settings: Settings) -> Index:
+    """The index that ``settings`` name (see ``index_location``); creates its tables if they are missing."""
+    return Index(index_location(settings))
+
+
+class Index:
+    """Access to the index at ``location``; safe to share between threads and processes.
+
+    ``location`` is the path of a SQLite file (created with its folder if missing) or a
+    ``postgresql://`` URL of an existing database, in which the tables are created if missing. Several
+    processes and machines may open the same PostgreSQL index at once.
+    """
+
+    def __init__(self, location: str | Path) -> None:
+        self._postgres: Connections | None = None
+        self.path: Path | None = None
+        if is_postgresql_url(location):
+            self._postgres = Connections(str(location))
+            self._create_postgres_tables()
+            return
+        self.path = Path(location)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connection().executescript(SCHEMA)
         self._add_missing_columns(_INGEST_COLUMNS)
 
     def __repr__(self) -> str:
+        if self._postgres is not None:
+            return f"Index(url={redact_url(self._postgres.url)!r})"
         return f"Index(path={str(self.path)!r})"
+
+    @property
+    def location(self) -> str:
+        """The SQLite path or the PostgreSQL URL (password hidden), for messages."""
+        if self._postgres is not None:
+            return redact_url(self._postgres.url)
+        return str(self.path)
+
+    def close(self) -> None:
+        """Close the index's connections; calls after this still work.
+
+        PostgreSQL: the idle connections close, and each later call opens a connection and closes it after.
+        SQLite: the calling thread's connection closes; that thread's next call opens a new one.
+        """
+        if self._postgres is not None:
+            self._postgres.close()
+            return
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            self._local.connection = None
+            connection.close()
+
+    def _create_postgres_tables(self) -> None:
+        """Create the tables and add the columns a PostgreSQL index lacks, one process at a time."""
+        assert self._postgres is not None
+        with self._postgres.transaction() as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            connection.connection.execute(postgres_schema(SCHEMA))
+            for table, wanted in _INGEST_COLUMNS.items():
+                for column, declaration in wanted.items():
+                    connection.connection.execute(
+                        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {postgres_schema(declaration)}"
+                    )
 
     def _add_missing_columns(self, columns: dict[str, dict[str, str]]) -> None:
         """Add ``{table: {column: declaration}}`` columns that an index made by an older release lacks."""
@@ -179,8 +270,16 @@ class Index:
         return connection
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection inside one ``BEGIN IMMEDIATE`` transaction, committed on success."""
+    def connect(self) -> Iterator[_Statements]:
+        """A connection inside one transaction, committed on success, rolled back on an exception.
+
+        SQLite: ``BEGIN IMMEDIATE`` (one writer at a time). PostgreSQL: READ COMMITTED with row locks;
+        every write here is one atomic statement (an UPSERT, or an UPDATE whose WHERE re-checks the row).
+        """
+        if self._postgres is not None:
+            with self._postgres.transaction() as statements:
+                yield statements
+            return
         connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -190,12 +289,16 @@ class Index:
             raise
         connection.execute("COMMIT")
 
-    def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[IndexRow]:
+        """Run one statement (``?`` placeholders) in its own transaction; its rows, ``[]`` if it has none."""
+        if self._postgres is not None:
+            with self._postgres.lend() as statements:
+                return list(statements.fetch(sql, parameters))
         return self._connection().execute(sql, parameters).fetchall()
 
     # -- ingest ---------------------------------------------------------------------------------------
 
-    def instance(self, sop_instance_uid: str) -> sqlite3.Row | None:
+    def instance(self, sop_instance_uid: str) -> IndexRow | None:
         rows = self.query("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
         return rows[0] if rows else None
 
@@ -269,8 +372,12 @@ class Index:
     ) -> None:
         with self.connect() as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO associations (association_id, calling_ae_title, called_ae_title, address,"
-                " started_at, ended_at, instances, outcome) VALUES (?,?,?,?,?,NULL,0,'open')",
+                "INSERT INTO associations (association_id, calling_ae_title, called_ae_title, address,"
+                " started_at, ended_at, instances, outcome) VALUES (?,?,?,?,?,NULL,0,'open')"
+                " ON CONFLICT (association_id) DO UPDATE SET calling_ae_title=excluded.calling_ae_title,"
+                " called_ae_title=excluded.called_ae_title, address=excluded.address,"
+                " started_at=excluded.started_at, ended_at=NULL, instances=0, outcome='open',"
+                " duplicates=0, failed=0, detail=NULL",
                 (association_id, calling_ae_title, called_ae_title, address, time.time()),
             )
 
@@ -304,11 +411,11 @@ class Index:
 
     # -- study completion -----------------------------------------------------------------------------
 
-    def study(self, study_instance_uid: str) -> sqlite3.Row | None:
+    def study(self, study_instance_uid: str) -> IndexRow | None:
         rows = self.query("SELECT * FROM studies WHERE study_instance_uid=?", (study_instance_uid,))
         return rows[0] if rows else None
 
-    def studies_to_check(self, study_instance_uid: str | None = None) -> list[sqlite3.Row]:
+    def studies_to_check(self, study_instance_uid: str | None = None) -> list[IndexRow]:
         """Studies still receiving or asked to be processed now (``requested_at`` not NULL), oldest first."""
         sql = (
             "SELECT s.*, r.requested_at FROM studies s LEFT JOIN processing_requests r USING (study_instance_uid)"
@@ -318,7 +425,7 @@ class Index:
             return self.query(sql + " ORDER BY s.first_received_at")
         return self.query(sql + " AND s.study_instance_uid=?", (study_instance_uid,))
 
-    def series_progress(self, study_instance_uid: str) -> list[sqlite3.Row]:
+    def series_progress(self, study_instance_uid: str) -> list[IndexRow]:
         """What completion needs to know of each series of a study, one row per series.
 
         ``instances``, ``first_received_at``, ``last_received_at``; ``first_pending_at``: the first instance
@@ -349,14 +456,18 @@ class Index:
         now = time.time()
         with self.connect() as connection:
             connection.executemany(
-                "INSERT OR REPLACE INTO series_completions VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO series_completions VALUES (?,?,?,?,?,?,?)"
+                " ON CONFLICT (study_instance_uid, series_instance_uid) DO UPDATE SET"
+                " instance_digest=excluded.instance_digest, instances=excluded.instances,"
+                " covered_until=excluded.covered_until, completed_at=excluded.completed_at,"
+                " reason=excluded.reason",
                 [
                     (study_instance_uid, series_uid, digest, instances, covered_until, now, reason)
                     for series_uid, digest, instances, covered_until in series
                 ],
             )
 
-    def series_completions(self, study_instance_uid: str) -> list[sqlite3.Row]:
+    def series_completions(self, study_instance_uid: str) -> list[IndexRow]:
         return self.query(
             "SELECT * FROM series_completions WHERE study_instance_uid=? ORDER BY series_instance_uid",
             (study_instance_uid,),
@@ -371,7 +482,9 @@ class Index:
             if known is None:
                 return False
             connection.execute(
-                "INSERT OR REPLACE INTO processing_requests VALUES (?,?)", (study_instance_uid, time.time())
+                "INSERT INTO processing_requests VALUES (?,?)"
+                " ON CONFLICT (study_instance_uid) DO UPDATE SET requested_at=excluded.requested_at",
+                (study_instance_uid, time.time()),
             )
             return True
 
@@ -393,13 +506,13 @@ class Index:
             )
             return cursor.rowcount == 1
 
-    def instances_of_study(self, study_instance_uid: str) -> list[sqlite3.Row]:
+    def instances_of_study(self, study_instance_uid: str) -> list[IndexRow]:
         return self.query(
             "SELECT * FROM instances WHERE study_instance_uid=? ORDER BY series_instance_uid, sop_instance_uid",
             (study_instance_uid,),
         )
 
-    def instances_of_series(self, series_instance_uid: str) -> list[sqlite3.Row]:
+    def instances_of_series(self, series_instance_uid: str) -> list[IndexRow]:
         return self.query(
             "SELECT * FROM instances WHERE series_instance_uid=? ORDER BY sop_instance_uid",
             (series_instance_uid,),
@@ -422,7 +535,7 @@ class Index:
         now = time.time()
         with self.connect() as connection:
             cursor = connection.execute(
-                "INSERT OR IGNORE INTO jobs VALUES (?,?,?,?,?,?,?,'queued',?,?,NULL)",
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,'queued',?,?,NULL) ON CONFLICT (job_id) DO NOTHING",
                 (
                     job_id,
                     study_instance_uid,
@@ -444,16 +557,16 @@ class Index:
                 )
             return True
 
-    def job(self, job_id: str) -> sqlite3.Row | None:
+    def job(self, job_id: str) -> IndexRow | None:
         rows = self.query("SELECT * FROM jobs WHERE job_id=?", (job_id,))
         return rows[0] if rows else None
 
-    def jobs_of_study(self, study_instance_uid: str) -> list[sqlite3.Row]:
+    def jobs_of_study(self, study_instance_uid: str) -> list[IndexRow]:
         return self.query(
             "SELECT * FROM jobs WHERE study_instance_uid=? ORDER BY created_at", (study_instance_uid,)
         )
 
-    def jobs(self, state: str | None = None) -> list[sqlite3.Row]:
+    def jobs(self, state: str | None = None) -> list[IndexRow]:
         if state is None:
             return self.query("SELECT * FROM jobs ORDER BY created_at")
         return self.query("SELECT * FROM jobs WHERE state=? ORDER BY created_at", (state,))
@@ -465,7 +578,7 @@ class Index:
                 (state, error, time.time(), job_id),
             )
 
-    def actions(self, job_id: str) -> list[sqlite3.Row]:
+    def actions(self, job_id: str) -> list[IndexRow]:
         return self.query("SELECT * FROM actions WHERE job_id=? ORDER BY action_index", (job_id,))
 
     def set_action_state(
@@ -501,29 +614,31 @@ class Index:
         now = time.time()
         with self.connect() as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?)",
+                "INSERT INTO outputs VALUES (?,?,?,?,?,?) ON CONFLICT (sop_instance_uid) DO UPDATE SET"
+                " job_id=excluded.job_id, kind=excluded.kind, sop_class_uid=excluded.sop_class_uid,"
+                " path=excluded.path, created_at=excluded.created_at",
                 (sop_instance_uid, job_id, kind, sop_class_uid, path, now),
             )
             for destination in destinations:
                 connection.execute(
-                    "INSERT OR IGNORE INTO deliveries (sop_instance_uid, destination, state, next_attempt_at)"
-                    " VALUES (?,?,'pending',?)",
+                    "INSERT INTO deliveries (sop_instance_uid, destination, state, next_attempt_at)"
+                    " VALUES (?,?,'pending',?) ON CONFLICT (sop_instance_uid, destination) DO NOTHING",
                     (sop_instance_uid, destination, now),
                 )
 
-    def outputs(self, job_id: str | None = None) -> list[sqlite3.Row]:
+    def outputs(self, job_id: str | None = None) -> list[IndexRow]:
         if job_id is None:
             return self.query("SELECT * FROM outputs ORDER BY created_at")
         return self.query("SELECT * FROM outputs WHERE job_id=? ORDER BY kind", (job_id,))
 
-    def due_deliveries(self, now: float, limit: int = 100) -> list[sqlite3.Row]:
+    def due_deliveries(self, now: float, limit: int = 100) -> list[IndexRow]:
         return self.query(
             "SELECT d.*, o.path, o.sop_class_uid, o.kind FROM deliveries d JOIN outputs o USING (sop_instance_uid)"
             " WHERE d.state='pending' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ?",
             (now, limit),
         )
 
-    def deliveries(self, sop_instance_uid: str | None = None) -> list[sqlite3.Row]:
+    def deliveries(self, sop_instance_uid: str | None = None) -> list[IndexRow]:
         if sop_instance_uid is None:
             return self.query("SELECT * FROM deliveries ORDER BY sop_instance_uid, destination")
         return self.query("SELECT * FROM deliveries WHERE sop_instance_uid=?", (sop_instance_uid,))
@@ -580,7 +695,9 @@ class Index:
         now = time.time()
         with self.connect() as connection:
             connection.executemany(
-                "INSERT OR REPLACE INTO commitments VALUES (?,?,?,'requested',?,NULL,NULL)",
+                "INSERT INTO commitments VALUES (?,?,?,'requested',?,NULL,NULL)"
+                " ON CONFLICT (transaction_uid, sop_instance_uid) DO UPDATE SET destination=excluded.destination,"
+                " state='requested', requested_at=excluded.requested_at, answered_at=NULL, failure_reason=NULL",
                 [(transaction_uid, uid, destination, now) for uid in sop_instance_uids],
             )
 
@@ -609,7 +726,122 @@ class Index:
                 )
             return bool(known)
 
-    def commitments(self, sop_instance_uid: str | None = None) -> list[sqlite3.Row]:
+    def commitments(self, sop_instance_uid: str | None = None) -> list[IndexRow]:
         if sop_instance_uid is None:
             return self.query("SELECT * FROM commitments ORDER BY requested_at")
         return self.query("SELECT * FROM commitments WHERE sop_instance_uid=?", (sop_instance_uid,))
+
+    # -- admin API queries (read only) ----------------------------------------------------------------
+
+    def study_list(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[IndexRow]:
+        """Studies, the most recently received first, with their instance, series and job counts."""
+        sql = (
+            "SELECT s.*,"
+            " (SELECT COUNT(*) FROM instances i WHERE i.study_instance_uid=s.study_instance_uid) AS instances,"
+            " (SELECT COUNT(DISTINCT i.series_instance_uid) FROM instances i"
+            "  WHERE i.study_instance_uid=s.study_instance_uid) AS series,"
+            " (SELECT COUNT(*) FROM jobs j WHERE j.study_instance_uid=s.study_instance_uid) AS jobs"
+            " FROM studies s"
+        )
+        parameters: list[object] = []
+        if state is not None:
+            sql += " WHERE s.state=?"
+            parameters.append(state)
+        sql += " ORDER BY s.last_received_at DESC, s.study_instance_uid LIMIT ? OFFSET ?"
+        return self.query(sql, (*parameters, limit, offset))
+
+    def series_of_study(self, study_instance_uid: str) -> list[IndexRow]:
+        """One row per series of a study: instance count, bytes, first and last receipt, one instance's
+        indexed attributes (JSON; the series-level keywords are the same in every instance)."""
+        return self.query(
+            "SELECT series_instance_uid, COUNT(*) AS instances, SUM(size) AS size, MIN(modality) AS modality,"
+            " MIN(received_at) AS first_received_at, MAX(received_at) AS last_received_at,"
+            " MIN(attributes) AS attributes"
+            " FROM instances WHERE study_instance_uid=? GROUP BY series_instance_uid"
+            " ORDER BY series_instance_uid",
+            (study_instance_uid,),
+        )
+
+    def job_list(
+        self,
+        *,
+        state: str | None = None,
+        study_instance_uid: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[IndexRow]:
+        """Jobs, the newest first, optionally of one state and one study."""
+        conditions: list[str] = []
+        parameters: list[object] = []
+        if state is not None:
+            conditions.append("state=?")
+            parameters.append(state)
+        if study_instance_uid is not None:
+            conditions.append("study_instance_uid=?")
+            parameters.append(study_instance_uid)
+        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+        return self.query(
+            "SELECT * FROM jobs" + where + " ORDER BY created_at DESC, job_id LIMIT ? OFFSET ?",
+            (*parameters, limit, offset),
+        )
+
+    def deliveries_of_job(self, job_id: str) -> list[IndexRow]:
+        """The outbox rows of every object a job produced, with the object's kind."""
+        return self.query(
+            "SELECT d.*, o.kind FROM deliveries d JOIN outputs o ON o.sop_instance_uid=d.sop_instance_uid"
+            " WHERE o.job_id=? ORDER BY o.kind, d.sop_instance_uid, d.destination",
+            (job_id,),
+        )
+
+    def association_log(
+        self,
+        *,
+        outcome: str | None = None,
+        calling_ae_title: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[IndexRow]:
+        """The association audit log, the most recent first, optionally of one outcome and calling AE."""
+        conditions: list[str] = []
+        parameters: list[object] = []
+        if outcome is not None:
+            conditions.append("outcome=?")
+            parameters.append(outcome)
+        if calling_ae_title is not None:
+            conditions.append("calling_ae_title=?")
+            parameters.append(calling_ae_title)
+        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+        return self.query(
+            "SELECT * FROM associations"
+            + where
+            + " ORDER BY started_at DESC, association_id LIMIT ? OFFSET ?",
+            (*parameters, limit, offset),
+        )
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """Row counts by state: ``{"studies": {...}, "jobs": ..., "actions": ..., "deliveries": ...,
+        "associations": {outcome: n}}`` (for the metrics)."""
+        grouped = {
+            "studies": "SELECT state AS value, COUNT(*) AS n FROM studies GROUP BY state",
+            "jobs": "SELECT state AS value, COUNT(*) AS n FROM jobs GROUP BY state",
+            "actions": "SELECT state AS value, COUNT(*) AS n FROM actions GROUP BY state",
+            "deliveries": "SELECT state AS value, COUNT(*) AS n FROM deliveries GROUP BY state",
+            "associations": "SELECT outcome AS value, COUNT(*) AS n FROM associations GROUP BY outcome",
+        }
+        return {
+            name: {str(row["value"]): int(row["n"]) for row in self.query(sql)}
+            for name, sql in grouped.items()
+        }
+
+    def instance_totals(self) -> tuple[int, int]:
+        """``(instances, bytes)`` held in the spool."""
+        row = self.query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS size FROM instances")[0]
+        return int(row["n"]), int(row["size"])
+
+    def action_durations(self) -> list[IndexRow]:
+        """Per tool and final state: how many actions finished and their summed run time in seconds."""
+        return self.query(
+            "SELECT api_name, state, COUNT(*) AS n, SUM(finished_at - started_at) AS seconds FROM actions"
+            " WHERE started_at IS NOT NULL AND finished_at IS NOT NULL GROUP BY api_name, state"
+            " ORDER BY api_name, state"
+        )

@@ -23,7 +23,7 @@ from config import Settings
 from config.settings import QueueMode
 from dicom_node import pipeline
 from dicom_node.errors import NodeError
-from dicom_node.index import Index
+from dicom_node.index import open_index
 from dicom_node.outbox import Outbox
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
@@ -42,11 +42,18 @@ def _route(settings: Settings, name: str):
 class Node:
     """All long-running parts of the node, in one process (plus the embedded worker)."""
 
-    def __init__(self, settings: Settings, poll_seconds: float = 0.5) -> None:
+    def __init__(
+        self, settings: Settings, poll_seconds: float = 0.5, config_file: str | Path | None = None
+    ) -> None:
+        """``config_file`` is the YAML file ``settings`` came from: the admin API and CLI edit it, and the
+        node applies its changes without a restart (without one, admin changes last until the node stops)."""
         self.settings = settings.with_absolute_storage()
+        self.config_file = None if config_file is None else Path(config_file).resolve()
+        self.admin = None  # dicom_node.admin.AdminService, made by start()
+        self._reconfiguring = threading.Lock()
         self.storage = Path(self.settings.node.storage)
         self.storage.mkdir(parents=True, exist_ok=True)
-        self.index = Index(self.storage / "index.sqlite3")
+        self.index = open_index(self.settings)
         self.spool = Spool(self.storage)
         self.scp = StorageSCP(self.settings, self.index, self.spool)
         self.outbox = Outbox(self.settings, self.index)
@@ -58,6 +65,8 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._worker: subprocess.Popen[bytes] | None = None
         self._app = None
+        self._undispatched: dict[str, None] = {}  # jobs the broker could not take yet, oldest first
+        self._dispatching = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Node(ae_title={self.settings.node.ae_title!r}, storage={str(self.storage)!r})"
@@ -70,11 +79,15 @@ class Node:
         if self._app is None:
             from workers.app import make_app
 
-            self._app = make_app(self.settings)
+            self._app = make_app(self.settings, sender_only=True)
         return self._app
 
     def start(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.settings.model_dump(mode="json"), sort_keys=False))
+        from dicom_node.admin import AdminService
+
+        self.admin = AdminService(self, self.config_file)
+        self.admin.start()  # first: an admin port that cannot be bound stops the start before anything runs
         if self.settings.queue.mode is QueueMode.EMBEDDED:
             self._start_worker()
         self.resume()
@@ -91,6 +104,8 @@ class Node:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.admin is not None:
+            self.admin.stop()
         self.scp.stop()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -101,6 +116,32 @@ class Node:
             except subprocess.TimeoutExpired:
                 self._worker.kill()
                 self._worker.wait()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Use new settings without a restart (the admin API and CLI call this through their store).
+
+        Live: sources, routes, the node's AE title, bind and port (SCP); destinations and delivery
+        (outbox); routes and completion (tracker); the planner. The rest (storage, TLS, limits, queue,
+        index, models, admin) is logged as waiting for a restart. ``OSError`` when the new port cannot be
+        bound: nothing changes then.
+        """
+        settings = settings.with_absolute_storage()
+        with self._reconfiguring:
+            current = self.settings
+            identity = {key: getattr(current.node, key) for key in ("ae_title", "bind", "port")}
+            later = [
+                name
+                for name in ("queue", "index", "models", "admin")
+                if getattr(settings, name) != getattr(current, name)
+            ]
+            if settings.node.model_copy(update=identity) != current.node:
+                later.insert(0, "node (other than ae_title, bind, port)")
+            self.scp.update_settings(settings)
+            self.outbox.update_settings(settings)
+            self.settings = settings
+            self.config_path.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+        if later:
+            logger.warning("configuration changed in %s: takes effect at the next start", ", ".join(later))
 
     # -- embedded worker ------------------------------------------------------------------------------
 
@@ -140,14 +181,55 @@ class Node:
 
     # -- jobs -----------------------------------------------------------------------------------------
 
-    def dispatch(self, job_id: str) -> None:
+    #: how long one dispatch waits for an unreachable broker before the job is kept to be sent later
+    DISPATCH_RETRY_POLICY = {
+        "max_retries": 2,
+        "interval_start": 0.5,
+        "interval_step": 0.5,
+        "interval_max": 1.0,
+    }
+
+    def dispatch(self, job_id: str) -> bool:
+        """Send the job's tasks to the queue; return whether the broker took them.
+
+        When the broker cannot be reached (Redis down) the job is kept and sent again at each tracker
+        sweep until it is taken; it is never lost while the node runs, and ``resume`` covers a restart.
+        """
+        from kombu.exceptions import OperationalError
+
         from workers.canvas import dispatch_job
 
         job = self.index.job(job_id)
         if job is None:
             raise NodeError(f"job {job_id} does not exist")
         plan = Plan.from_json(job["plan"])
-        dispatch_job(self._celery(), job_id, plan, self.registry)
+        try:
+            dispatch_job(
+                self._celery(),
+                job_id,
+                plan,
+                self.registry,
+                self.settings,
+                retry_policy=self.DISPATCH_RETRY_POLICY,
+            )
+        except (OperationalError, OSError) as exc:
+            logger.warning("job %s: the queue cannot take it now (%s); sending it again later", job_id, exc)
+            with self._dispatching:
+                self._undispatched[job_id] = None
+            return False
+        with self._dispatching:
+            self._undispatched.pop(job_id, None)
+        return True
+
+    def dispatch_pending(self) -> int:
+        """Send again the jobs the broker could not take; return how many are still waiting."""
+        with self._dispatching:
+            waiting = list(self._undispatched)
+        for job_id in waiting:
+            if not self.dispatch(job_id):
+                break  # the broker is still away: the rest waits for the next sweep
+        with self._dispatching:
+            return len(self._undispatched)
 
     def resume(self) -> None:
         """Dispatch again every job that had not finished when the node last stopped."""
@@ -210,6 +292,7 @@ class Node:
     def _track(self) -> None:
         while not self._stopping.wait(self.poll_seconds):
             try:
+                self.dispatch_pending()
                 self.sweep_studies()
             except Exception:
                 logger.exception("study tracker sweep failed; retrying")

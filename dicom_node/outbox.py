@@ -162,6 +162,10 @@ class Outbox:
     def __repr__(self) -> str:
         return f"Outbox(destinations={[d.name for d in self.settings.destinations]})"
 
+    def update_settings(self, settings: Settings) -> None:
+        """Use new destinations and delivery settings from the next sweep on (the admin API)."""
+        self.settings = settings
+
     def next_attempt(self, attempts: int, now: float) -> float:
         policy = self.settings.delivery
         return now + min(policy.retry_initial_seconds * (2**attempts), policy.retry_max_seconds)

@@ -2,23 +2,33 @@
 
 Celery tasks (``workers.tasks``) are thin wrappers around ``run_action`` and ``finalize_job``; tests call
 these functions directly. Each step is idempotent: a job id, its result files and its output UIDs depend only
-on the study's instances, the instruction and the tool, so a redelivered task redoes the same work and the
-outbox (one row per object and destination) never sends an object twice.
+on the study's instances, the instruction and the tool, so a redelivered task (a worker died, Redis handed it
+to another) does not redo finished work: an action whose result is stored is not run again, a finished job
+is not encoded again, an output already stored is not rewritten, and the outbox (one row per object and
+destination) never sends an object twice. Two runs of one step at the same time write their files under
+names of their own and rename them into place, so neither sees the other's partial file.
+
+Errors that may pass when tried again later (``is_transient``: shared storage or the index out of reach)
+propagate, for the task to retry; every other error is recorded on the action or the job.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
+import os
 import sqlite3
+import uuid
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
+from billiard.exceptions import SoftTimeLimitExceeded
 from pydicom.multival import MultiValue
 
 from agent_core.planner import StudyContext, planner_metadata
@@ -32,11 +42,56 @@ from dicom_node.errors import NodeError
 from dicom_node.index import Index
 from dicom_node.load import Volume, load_volume, read_series
 from dicom_node.routing import route_matches
-from dicom_node.spool import write_durably
+from dicom_node.spool import sync_directory, write_durably
 from dicom_node.tracker import instances_digest
 from tools.base import ToolInput, ToolResult, ToolStatus
 
 logger = logging.getLogger(__name__)
+
+#: OSError numbers that shared storage (NFS, SMB, a cloud mount) raises while it is away or busy
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.ENOENT,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ENOSPC,
+        errno.ENOTCONN,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+    }
+)
+
+
+def _transient_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, sqlite3.OperationalError]
+    try:
+        import psycopg
+
+        types.append(psycopg.OperationalError)  # the PostgreSQL index restarting or out of reach
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may pass when the step is tried again later.
+
+    True for a dropped connection, a timeout, a locked or unreachable index, and an ``OSError`` whose errno
+    is in ``TRANSIENT_ERRNOS`` (a file of the shared storage not there yet, a stale mount). False for
+    everything else, e.g. an ``OSError`` without errno, as Pillow raises for broken compressed pixel data.
+    """
+    if isinstance(exc, _transient_types()):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 def select_series(
@@ -163,6 +218,22 @@ def _results_path(settings: Settings, job_id: str, action_index: int) -> Path:
     return Path(settings.node.storage) / "results" / job_id / f"action{action_index}"
 
 
+def _save_result(result: ToolResult, path: Path) -> None:
+    """Store ``result`` as ``<path>.npz`` and ``<path>.json``, the JSON last: it marks the result complete.
+
+    Both are written under names of this call's own and renamed into place, so two runs of one action at
+    once (a task redelivered while the first run still goes on) never mix their files.
+    """
+    temporary = path.with_name(f"{path.name}-{uuid.uuid4().hex}.part")
+    try:
+        result.save(temporary)
+        os.replace(temporary.with_suffix(".npz"), path.with_suffix(".npz"))
+        os.replace(temporary.with_suffix(".json"), path.with_suffix(".json"))
+    finally:
+        for suffix in (".npz", ".json", ".json.part"):
+            temporary.with_suffix(suffix).unlink(missing_ok=True)
+
+
 #: DICOM keywords a tool may read (de-identified: no names, IDs, dates or UIDs)
 TOOL_METADATA_KEYWORDS = (
     "Modality",
@@ -227,8 +298,9 @@ def tool_input_for(volume: Volume, params: dict[str, Any], instruction: str, dev
     )
 
 
-def _prior_result(settings: Settings, job_id: str, index: int, tool: str) -> ToolResult | None:
-    path = _results_path(settings, job_id, index)
+def _prior_result(settings: Settings, job_id: str, action_index: int) -> ToolResult | None:
+    """The stored result of an action of the job, or None when it has not ended."""
+    path = _results_path(settings, job_id, action_index)
     if not path.with_suffix(".json").exists():
         return None
     return ToolResult.load(path)
@@ -276,37 +348,41 @@ def run_action(
     """Run one action of a job and store its ``ToolResult``; return the action's final state.
 
     Never raises for a broken study or a failing tool: the error is recorded on the action, so the rest of
-    the job (and the next study) goes on.
+    the job (and the next study) goes on. Raises what ``is_transient`` accepts (the spool or the index out
+    of reach), for the caller to try again later. An action whose result is stored already (a redelivered
+    task) is not run again: its stored state is returned.
     """
     job = index.job(job_id)
     if job is None:
         raise NodeError(f"job {job_id} does not exist")
     plan = Plan.from_json(job["plan"])
     action = plan.actions[action_index]
+    stored = _prior_result(settings, job_id, action_index)
+    if stored is not None:
+        logger.info(
+            "job %s action %d (%s): result stored already (a redelivered task); not run again",
+            job_id,
+            action_index,
+            action.API_name,
+        )
+        _record_action_state(index, job_id, action_index, stored)
+        return stored.status.value
     index.set_job_state(job_id, "running")
     index.set_action_state(job_id, action_index, "running")
     try:
         volume = load_job_volume(index, job)
-        tool = registry.get(action.API_name)
-        prior = [
-            _prior_result(settings, job_id, index, plan.actions[index].API_name)
-            for index in range(action_index)
-        ]
-        params = resolve_references(action.API_params, prior)
-        tool_input = tool_input_for(volume, params, job["instruction"], settings.models.device)
-        tool_input.prior_results = [
-            result.summary(plan.actions[index].API_name)
-            for index, result in enumerate(prior)
-            if result is not None
-        ]
-        result = tool.run(tool_input)
+        prior = [_prior_result(settings, job_id, number) for number in range(action_index)]
     except Exception as exc:
-        logger.exception("job %s action %d (%s) failed", job_id, action_index, action.API_name)
+        if is_transient(exc):
+            raise
+        logger.exception(
+            "job %s action %d (%s): the series does not load", job_id, action_index, action.API_name
+        )
         result = ToolResult.failed(action.API_name, f"{type(exc).__name__}: {exc}")
-    result.save(_results_path(settings, job_id, action_index))
-    index.set_action_state(
-        job_id, action_index, result.status.value, engine=result.engine, error=result.error or None
-    )
+    else:
+        result = _run_tool(settings, job, plan, action_index, volume, prior, registry)
+    _save_result(result, _results_path(settings, job_id, action_index))
+    _record_action_state(index, job_id, action_index, result)
     if result.status is not ToolStatus.OK:
         logger.warning(
             "job %s action %d (%s): %s: %s",
@@ -319,11 +395,95 @@ def run_action(
     return result.status.value
 
 
-def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
-    """Encode every successful action's result as DICOM, store it, and queue it for the job's destinations."""
+def _run_tool(
+    settings: Settings,
+    job: sqlite3.Row,
+    plan: Plan,
+    action_index: int,
+    volume: Volume,
+    prior: list[ToolResult | None],
+    registry: ToolRegistry,
+) -> ToolResult:
+    """Run the action's tool on the job's volume; any error it raises becomes a failed result."""
+    action = plan.actions[action_index]
+    try:
+        tool = registry.get(action.API_name)
+        params = resolve_references(action.API_params, prior)
+        tool_input = tool_input_for(volume, params, job["instruction"], settings.models.device)
+        tool_input.prior_results = [
+            result.summary(plan.actions[number].API_name)
+            for number, result in enumerate(prior)
+            if result is not None
+        ]
+        return tool.run(tool_input)
+    except SoftTimeLimitExceeded:  # a Celery worker's soft time limit: raised inside the tool's run
+        limit = settings.queue.time_limit(registry.canonical_name(action.API_name))
+        logger.error(
+            "job %s action %d (%s): time limit reached", job["job_id"], action_index, action.API_name
+        )
+        return ToolResult.failed(
+            action.API_name, f"the tool ran longer than its time limit of {limit:g} s (queue.time_limits)"
+        )
+    except Exception as exc:
+        logger.exception("job %s action %d (%s) failed", job["job_id"], action_index, action.API_name)
+        return ToolResult.failed(action.API_name, f"{type(exc).__name__}: {exc}")
+
+
+def _record_action_state(index: Index, job_id: str, action_index: int, result: ToolResult) -> None:
+    index.set_action_state(
+        job_id, action_index, result.status.value, engine=result.engine, error=result.error or None
+    )
+
+
+def record_action_failure(
+    settings: Settings, index: Index, job_id: str, action_index: int, error: str
+) -> str:
+    """Store a failed result for an action that could not run (its retries spent); return ``"failed"``.
+
+    The job then goes on as after a tool error: its other actions run and its results are encoded.
+    """
     job = index.job(job_id)
     if job is None:
         raise NodeError(f"job {job_id} does not exist")
+    name = Plan.from_json(job["plan"]).actions[action_index].API_name
+    result = ToolResult.failed(name, error)
+    _save_result(result, _results_path(settings, job_id, action_index))
+    _record_action_state(index, job_id, action_index, result)
+    logger.error("job %s action %d (%s) failed: %s", job_id, action_index, name, error)
+    return result.status.value
+
+
+def record_job_failure(index: Index, job_id: str, error: str) -> None:
+    """Mark a job failed whose encoding step could not run (its retries spent)."""
+    index.set_job_state(job_id, "failed", error)
+    logger.error("job %s failed: %s", job_id, error)
+
+
+def _write_output(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically under a name of this call's own, then rename it into place."""
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}")
+    try:
+        write_durably(temporary, data, sync_directory=False)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    sync_directory(path)
+
+
+def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
+    """Encode every successful action's result as DICOM, store it, and queue it for the job's destinations.
+
+    Returns the SOP Instance UIDs of the job's objects. A job that is finished already (``done`` or
+    ``failed``: a redelivered task) is not encoded again; an object stored already is not rewritten or
+    queued again. Raises what ``is_transient`` accepts, for the caller to try again later.
+    """
+    job = index.job(job_id)
+    if job is None:
+        raise NodeError(f"job {job_id} does not exist")
+    if job["state"] in ("done", "failed"):
+        logger.info("job %s is %s already (a redelivered task); not encoded again", job_id, job["state"])
+        return [row["sop_instance_uid"] for row in index.outputs(job_id)]
+    stored = {row["sop_instance_uid"] for row in index.outputs(job_id) if Path(row["path"]).exists()}
     destinations = json.loads(job["destinations"])
     plan = Plan.from_json(job["plan"])
     context = EncodingContext.from_settings(settings)
@@ -333,7 +493,9 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
     for action_index, action in enumerate(plan.actions):
         path = _results_path(settings, job_id, action_index)
         if not path.with_suffix(".json").exists():
-            errors.append(f"action {action_index} ({action.API_name}) has no result")
+            error = f"action {action_index} ({action.API_name}) has no result: its task did not end"
+            errors.append(error)
+            index.set_action_state(job_id, action_index, "failed", error=error)
             continue
         result = ToolResult.load(path)
         if result.status is not ToolStatus.OK:
@@ -354,12 +516,18 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
                 volume, result, result.engine, result.engine_version, context, question=question
             )
         except Exception as exc:
+            if is_transient(exc):
+                raise
             logger.exception("job %s: encoding the result of action %d failed", job_id, action_index)
             errors.append(f"action {action_index} ({action.API_name}) could not be encoded: {exc}")
             continue
         for encoded in objects:
             dataset = encoded.dataset
             sop_instance_uid = str(dataset.SOPInstanceUID)
+            sop_instance_uids.append(sop_instance_uid)
+            if sop_instance_uid in stored:
+                logger.info("job %s: %s %s stored already", job_id, encoded.kind.value, sop_instance_uid)
+                continue
             output = (
                 Path(settings.node.storage)
                 / "outputs"
@@ -368,7 +536,7 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
             )
             buffer = io.BytesIO()
             dataset.save_as(buffer, enforce_file_format=True)
-            write_durably(output, buffer.getvalue())
+            _write_output(output, buffer.getvalue())
             index.record_output(
                 sop_instance_uid=sop_instance_uid,
                 job_id=job_id,
@@ -377,7 +545,6 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
                 path=str(output),
                 destinations=destinations,
             )
-            sop_instance_uids.append(sop_instance_uid)
             logger.info(
                 "job %s: %s %s stored, queued for %s",
                 job_id,

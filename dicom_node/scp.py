@@ -45,7 +45,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import sqlite3
 import ssl
 import struct
 import threading
@@ -75,7 +74,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification, uid_t
 from config import Settings
 from dicom_node.commitment import handle_event_report as handle_commitment_report
 from dicom_node.errors import InstanceRejected
-from dicom_node.index import Index
+from dicom_node.index import INDEX_ERRORS, Index
 from dicom_node.received import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH_SOP_CLASS,
@@ -226,6 +225,7 @@ class StorageSCP:
         self._tls_server: Any = None  # a second, TLS listener when node.tls.port is set
         self._audits: dict[int, _Audit] = {}
         self._rejections: dict[int, str] = {}  # why this node rejected an association (not pynetdicom)
+        self._handlers: list[Any] = []  # the event handlers of the listeners, set by start()
         self._allowed_hosts: dict[str, frozenset[str] | None] = {}  # set by start()
         self._lock = threading.Lock()
         self._instance_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
@@ -273,12 +273,12 @@ class StorageSCP:
             logger.exception("could not clear %s", self.spool.incoming)
         try:
             interrupted = self.index.interrupt_open_associations(node.ae_title)
-        except sqlite3.Error:
+        except INDEX_ERRORS:
             logger.exception("could not close the associations left open by the previous run")
         else:
             if interrupted:
                 logger.warning("%d association(s) were open when the node last stopped", interrupted)
-        handlers = [
+        handlers = self._handlers = [
             (evt.EVT_CONN_OPEN, self.handle_connection),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_C_ECHO, self.handle_echo),
@@ -311,6 +311,36 @@ class StorageSCP:
         self._server = self._tls_server = None
         self._io.shutdown(wait=True)
         self._io = self._executor()  # for a restart
+
+    def update_settings(self, settings: Settings) -> None:
+        """Take new settings without a restart (the admin API): sources, routes, AE title, bind and port.
+
+        Calling AE titles and hosts, routes and the called AE title apply to the next association; one in
+        progress finishes as it began. A new ``bind``/``port`` opens a new listener before the old one
+        closes; ``OSError`` (address in use) leaves everything as it was. TLS, SOP class restrictions and
+        limits (``max_associations``, ``max_pdu_size``) take effect at the next start.
+        """
+        node, previous = settings.node, self.settings.node
+        allowed_hosts = resolve_source_hosts(settings.sources)
+        listener = None
+        if self._server is not None and (node.bind, node.port) != (previous.bind, previous.port):
+            tls = previous.tls
+            plain_only = tls is not None and tls.port is None
+            context = server_ssl_context(tls) if plain_only else None
+            listener = start_server(self.ae, (node.bind, node.port), self._handlers, context)
+        with self._lock:
+            self.settings = settings
+            self._allowed_hosts = allowed_hosts
+            self.ae.require_calling_aet = [source.ae_title for source in settings.sources]
+            self.ae.ae_title = node.ae_title
+            replaced, self._server = self._server, listener or self._server
+            for server in (self._server, self._tls_server):
+                if server is not None:  # a listener answers with the AE title it was made with
+                    server.ae_title = node.ae_title
+        if listener is not None and replaced is not None:
+            replaced.shutdown()
+            replaced.server_close()
+            logger.info("SCP %s now listening on %s:%d", node.ae_title, node.bind, self.port)
 
     # -- negotiation ----------------------------------------------------------------------------------
 
@@ -392,7 +422,7 @@ class StorageSCP:
                 event.assoc.acceptor.ae_title,
                 f"{requestor.address}:{requestor.port}",
             )
-        except sqlite3.Error:
+        except INDEX_ERRORS:
             logger.exception("could not record an accepted association in the audit log")
 
     def handle_closed(self, event: evt.Event, outcome: str) -> None:
@@ -412,7 +442,7 @@ class StorageSCP:
             self.index.close_association(
                 audit.association_id, outcome, duplicates=audit.duplicates, failed=audit.failed, detail=detail
             )
-        except sqlite3.Error:
+        except INDEX_ERRORS:
             logger.exception("could not record the end of association %s", audit.association_id)
 
     def handle_rejected(self, event: evt.Event) -> None:
@@ -441,7 +471,7 @@ class StorageSCP:
         try:
             self.index.open_association(association_id, calling_ae_title, called_ae_title, requestor.address)
             self.index.close_association(association_id, "rejected", detail=detail)
-        except sqlite3.Error:
+        except INDEX_ERRORS:
             logger.exception("could not record a rejected association")
 
     # -- DIMSE ----------------------------------------------------------------------------------------
@@ -501,7 +531,7 @@ class StorageSCP:
                 if self.index.instance(sop_instance_uid) is None:
                     staging = self._io.submit(self.spool.stage, (meta, data))
                     time.sleep(0)  # let the writer take the GIL now: the checks below hold it throughout
-            except sqlite3.Error:
+            except INDEX_ERRORS:
                 logger.exception("index read failed for %s", sop_instance_uid)
                 return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
             try:
@@ -592,7 +622,7 @@ class StorageSCP:
                     )
             except OSError as exc:
                 return _spool_failed(sop_instance_uid, exc)
-            except sqlite3.Error:
+            except INDEX_ERRORS:
                 logger.exception("index read failed for %s", sop_instance_uid)
                 return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
             directory_synced = self._io.submit(sync_directory, path)
@@ -613,7 +643,7 @@ class StorageSCP:
                     content_hash=hashing.result(),
                     transfer_syntax_uid=instance.transfer_syntax_uid,
                 )
-            except sqlite3.Error:
+            except INDEX_ERRORS:
                 wait([directory_synced])
                 logger.exception("index write failed for %s", sop_instance_uid)
                 return status_with_comment(OUT_OF_RESOURCES, "could not write the index")
