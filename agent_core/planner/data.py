@@ -48,7 +48,7 @@ from tools.prompts import normalise_prompts
 
 SPLITS = ("train", "val", "test")
 LANGUAGES = ("en", "fr", "de", "es")
-LANGUAGE_WEIGHTS = {"en": 0.55, "fr": 0.15, "de": 0.15, "es": 0.15}
+LANGUAGE_WEIGHTS = {"en": 0.49, "fr": 0.17, "de": 0.17, "es": 0.17}
 MODALITY_WEIGHTS = {"CT": 0.28, "MR": 0.2, "CR": 0.1, "DX": 0.08, "US": 0.13, "SM": 0.13, "": 0.08}
 #: the canonical tools of the seven tasks
 TASKS = (
@@ -361,6 +361,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "merci de {vi} {s} | je voudrais {vi} {s}",
             "{n} : {s} | {n} pour {s} svp",
             "il faut {vi} {s} | tu dois {vi} {s}",
+            "{v} {s} sur cette image | {v} {s} sur chaque coupe",
+            "est-ce que tu peux {vi} {s} ? | tu peux {vi} {s} ?",
+            "on doit {vi} {s} | j'aimerais {vi} {s}",
         ),
         "de": (
             "{v} {s} | bitte {v} {s}",
@@ -368,6 +371,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "{s} bitte {vi} | ich möchte {s} {vi}",
             "{n} für {s} | {n}: {s} bitte",
             "du sollst {s} {vi} | wir müssen {s} {vi}",
+            "{v} {s} auf diesem Bild | {v} {s} in jeder Schicht",
+            "kannst du bitte {s} {vi}? | würdest du {s} {vi}?",
+            "bitte einmal {s} {vi} | einmal {s} {vi}, danke",
         ),
         "es": (
             "{v} {s} | por favor {v} {s}",
@@ -375,6 +381,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "necesito {vi} {s} | quiero {vi} {s}",
             "{n}: {s} | {n} para {s} por favor",
             "hay que {vi} {s} | tienes que {vi} {s}",
+            "{v} {s} en esta imagen | {v} {s} en cada corte",
+            "¿me puedes {vi} {s}? | ¿serías capaz de {vi} {s}?",
+            "me gustaría {vi} {s} | debemos {vi} {s}",
         ),
     },
     "grounding": {
@@ -399,6 +408,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "merci de {vi} {s} | je voudrais {vi} {s}",
             "{n} : {s} | {n} pour {s} svp",
             "montre-moi où est {s} | dis-moi où se trouve {s}",
+            "{v} {s} sur cette image | {v} {s} sur le cliché",
+            "est-ce que tu peux {vi} {s} ? | tu peux {vi} {s} ?",
+            "j'aimerais {vi} {s} | on doit {vi} {s}",
         ),
         "de": (
             "{v} {s} | bitte {v} {s}",
@@ -407,6 +419,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "{s} bitte {vi} | ich möchte {s} {vi}",
             "{n}: {s} | {n} für {s} bitte",
             "zeig mir, wo {s} liegt | sag mir, wo {s} ist",
+            "{v} {s} auf diesem Bild | {v} {s} auf der Aufnahme",
+            "kannst du bitte {s} {vi}? | würdest du {s} {vi}?",
+            "bitte einmal {s} {vi} | einmal {s} {vi}, danke",
         ),
         "es": (
             "{v} {s} | por favor {v} {s}",
@@ -415,6 +430,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "necesito {vi} {s} | quiero {vi} {s}",
             "{n}: {s} | {n} para {s} por favor",
             "muéstrame dónde está {s} | dime dónde se ve {s}",
+            "{v} {s} en esta imagen | {v} {s} en la placa",
+            "¿me puedes {vi} {s}? | ¿serías capaz de {vi} {s}?",
+            "me gustaría {vi} {s} | debemos {vi} {s}",
         ),
     },
     "two_step": {
@@ -430,16 +448,19 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "{gv} {s} puis segmente les boîtes avec medsam | {gv} {s}, puis segmente dans les boîtes",
             "d'abord {gvi} {s}, ensuite medsam sur les boîtes | en deux étapes : {gvi} {s} puis medsam",
             "{gv} {s} et passe les boîtes à medsam | {gv} {s}, ensuite segmente chaque boîte",
+            "en deux temps : {gvi} {s}, puis segmenter les boîtes | étape 1 : {gvi} {s} ; étape 2 : medsam",
         ),
         "de": (
             "{gv} {s} und segmentiere dann die Boxen mit MedSAM | {gv} {s}, dann in den Boxen segmentieren",
             "zuerst {s} {gvi}, danach MedSAM auf die Boxen | in zwei Schritten: {s} {gvi}, dann MedSAM",
             "{gv} {s} und gib die Boxen an MedSAM | {gv} {s}, danach jede Box segmentieren",
+            "Schritt 1: {s} {gvi}, Schritt 2: die Boxen segmentieren | erst {gv} {s}, dann MedSAM in den Boxen",
         ),
         "es": (
             "{gv} {s} y luego segmenta las cajas con medsam | {gv} {s}, después segmenta dentro de las cajas",
             "primero {gvi} {s}, después medsam sobre las cajas | en dos pasos: {gvi} {s} y luego medsam",
             "{gv} {s} y pasa las cajas a medsam | {gv} {s}, luego segmenta cada caja",
+            "paso 1: {gvi} {s}; paso 2: segmentar las cajas | en dos tiempos: {gvi} {s} y segmentar las cajas",
         ),
     },
     "segmentation": {
@@ -450,21 +471,26 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "use the point {pt} on frame {f} to segment the {s} | seed point {pt} on frame {f}: segment the {s}",
             "here is a box {box} on frame {f} around the {s}; segment it | box {box} frame {f} is the {s}, give me its mask",
             "{v} the {s} inside {box} on frame {f} | {v} the {s} from the point {pt} on frame {f}",
+            "click at {pt} on frame {f} and segment the {s} | point prompt {pt}, frame {f}, for the {s}",
+            "box prompt {box}, frame {f}, for the {s} | the {s} is in box {box} on frame {f}; segment it",
         ),
         "fr": (
             "segmente {s} dans la boîte {box} sur l'image {f} | {v} {s} dans la boîte {box}, image {f}",
             "segmente {s} au point {pt}, image {f} | point {pt} sur l'image {f} : {v} {s}",
             "medsam : boîte {box}, image {f}, pour {s} | medsam au point {pt}, image {f}, pour {s}",
+            "voici une boîte {box} sur l'image {f} autour de {s} : segmente-la | clique au point {pt}, image {f}, et segmente {s}",
         ),
         "de": (
             "segmentiere {s} in der Box {box} auf Bild {f} | {v} {s} in der Box {box}, Bild {f}",
             "segmentiere {s} am Punkt {pt} auf Bild {f} | Punkt {pt} auf Bild {f}: {v} {s}",
             "MedSAM mit Box {box}, Bild {f}, für {s} | MedSAM am Punkt {pt}, Bild {f}, für {s}",
+            "hier ist eine Box {box} auf Bild {f} um {s}: segmentiere sie | klick auf den Punkt {pt}, Bild {f}, und segmentiere {s}",
         ),
         "es": (
             "segmenta {s} en la caja {box} en la imagen {f} | {v} {s} en la caja {box}, imagen {f}",
             "segmenta {s} en el punto {pt}, imagen {f} | punto {pt} en la imagen {f}: {v} {s}",
             "medsam: caja {box}, imagen {f}, para {s} | medsam en el punto {pt}, imagen {f}, para {s}",
+            "aquí hay una caja {box} en la imagen {f} alrededor de {s}: segméntala | haz clic en el punto {pt}, imagen {f}, y segmenta {s}",
         ),
     },
     "classification": {
@@ -483,18 +509,27 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "donne {n} | indique {n}",
             "quel type d'image est-ce ? | de quel type d'examen s'agit-il ?",
             "peux-tu {vi} cette image ? | merci de {vi} l'image",
+            "c'est quel type d'image ? | quel genre d'examen est-ce ?",
+            "je voudrais {vi} cette image | il faut {vi} l'image",
+            "{n} de cette image ? | donne-moi {n}",
         ),
         "de": (
             "{v} dieses Bild | {v} das Bild",
             "bestimme {n} | nenne {n}",
             "was für ein Bild ist das? | welche Art von Untersuchung ist das?",
             "kannst du das Bild {vi}? | bitte das Bild {vi}",
+            "welcher Bildtyp ist das? | um welche Untersuchung handelt es sich?",
+            "ich möchte das Bild {vi} | das Bild bitte {vi}",
+            "{n}? | sag mir {n}",
         ),
         "es": (
             "{v} esta imagen | {v} la imagen",
             "dime {n} | indica {n}",
             "¿qué tipo de imagen es? | ¿qué tipo de estudio es este?",
             "¿puedes {vi} la imagen? | necesito {vi} esta imagen",
+            "¿qué clase de imagen es esta? | ¿de qué tipo de examen se trata?",
+            "quiero {vi} la imagen | hay que {vi} esta imagen",
+            "¿{n}? | dame {n}",
         ),
     },
     "classification_labels": {
@@ -512,16 +547,25 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "{v} cette image : {labels} | {v} comme {labels}",
             "est-ce {labels} ? | c'est {labels} ?",
             "choisis entre {labels} | quelle catégorie, {labels} ?",
+            "{labels} : lequel ? | {labels} : quelle catégorie ?",
+            "plutôt {labels} ? | tu dirais {labels} ?",
+            "classification : {labels} | étiquette : {labels}",
         ),
         "de": (
             "{v} als {labels} | {v} das Bild als {labels}",
             "ist das {labels}? | ist es {labels}?",
             "wähle zwischen {labels} | welche Kategorie, {labels}?",
+            "{labels}: was trifft zu? | {labels}: welche Kategorie?",
+            "eher {labels}? | würdest du sagen {labels}?",
+            "Klassifikation: {labels} | Label: {labels}",
         ),
         "es": (
             "{v} como {labels} | {v} la imagen como {labels}",
             "¿es {labels}? | ¿esto es {labels}?",
             "elige entre {labels} | ¿qué categoría, {labels}?",
+            "{labels}: ¿cuál? | {labels}: ¿qué categoría?",
+            "¿más bien {labels}? | ¿dirías {labels}?",
+            "clasificación: {labels} | etiqueta: {labels}",
         ),
     },
     "report_generation": {
@@ -540,18 +584,27 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "peux-tu {vi} {n} ? | merci de {vi} {n}",
             "{n} svp | il me faut {n}",
             "je voudrais {n} | donne-moi {n}",
+            "{n} pour cet examen | fais {n}",
+            "tu peux me {vi} {n} ? | pourrais-tu {vi} {n} ?",
+            "il faut {vi} {n} | on doit {vi} {n}",
         ),
         "de": (
             "{v} {n} | bitte {v} {n}",
             "kannst du {n} {vi}? | könntest du {n} {vi}?",
             "{n} bitte | ich brauche {n}",
             "mach mir {n} | wir brauchen {n}",
+            "{n} für diese Untersuchung | erstell mal {n}",
+            "würdest du {n} {vi}? | kannst du bitte {n} {vi}?",
+            "wir müssen {n} {vi} | du sollst {n} {vi}",
         ),
         "es": (
             "{v} {n} | por favor {v} {n}",
             "¿puedes {vi} {n}? | ¿podrías {vi} {n}?",
             "{n} por favor | necesito {n}",
             "hazme {n} | quiero {n}",
+            "{n} para este estudio | haz {n}",
+            "¿me puedes {vi} {n}? | ¿serías capaz de {vi} {n}?",
+            "hay que {vi} {n} | tienes que {vi} {n}",
         ),
     },
     "retrieval": {
@@ -572,18 +625,27 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "question : {k} {t} | question : qu'est-ce que {t} ?",
             "qu'est-ce que {t} ? | c'est quoi {t} ?",
             "dans la base de connaissances, {k} {t} | cherche : {k} {t}",
+            "j'aimerais savoir : {k} {t} | dis-moi : {k} {t}",
+            "en général, {k} {t} | de manière générale, qu'est-ce que {t} ?",
+            "que sait-on de {t} ? | que dit la littérature sur {t} ?",
         ),
         "de": (
             "{k} {t} | bitte {k} {t}",
             "Frage: {k} {t} | Frage: was ist {t}?",
             "was ist {t}? | was bedeutet {t}?",
             "in der Wissensbasis: {k} {t} | such nach: {k} {t}",
+            "ich möchte wissen: {k} {t} | sag mir: {k} {t}",
+            "allgemein: {k} {t} | ganz allgemein, was ist {t}?",
+            "was weiß man über {t}? | was sagt die Literatur zu {t}?",
         ),
         "es": (
             "{k} {t} | por favor {k} {t}",
             "pregunta: {k} {t} | pregunta: ¿qué es {t}?",
             "¿qué es {t}? | ¿qué significa {t}?",
             "en la base de conocimiento, {k} {t} | busca: {k} {t}",
+            "quiero saber: {k} {t} | dime: {k} {t}",
+            "en general, {k} {t} | en general, ¿qué es {t}?",
+            "¿qué se sabe de {t}? | ¿qué dice la literatura sobre {t}?",
         ),
     },
     "vqa": {
@@ -607,6 +669,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "cet examen montre-t-il {t} ? | le patient a-t-il {t} ?",
             "question : {q} {t} ? | l'examen montre-t-il {t} ?",
             "combien de coupes dans cette série ? | quelle est l'épaisseur de coupe ? | décris {s}",
+            "dis-moi : {q} {t} ? | {q} {t} dans cet examen ?",
+            "le patient présente-t-il {t} ? | on voit {t} sur ce cliché ?",
+            "qu'est-ce que tu vois ici ? | décris {s} sur cette image",
         ),
         "de": (
             "{q} {t} in diesem Bild? | {q} {t} hier?",
@@ -614,6 +679,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "zeigt das Bild {t}? | hat der Patient {t}?",
             "Frage: {q} {t}? | zeigt die Aufnahme {t}?",
             "wie viele Schichten hat diese Serie? | wie dick sind die Schichten? | beschreibe {s}",
+            "sag mir: {q} {t}? | {q} {t} in dieser Untersuchung?",
+            "liegt bei dem Patienten {t} vor? | sieht man {t} auf dieser Aufnahme?",
+            "was siehst du hier? | beschreibe {s} auf diesem Bild",
         ),
         "es": (
             "¿{q} {t} en esta imagen? | ¿{q} {t} aquí?",
@@ -621,6 +689,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "¿muestra este estudio {t}? | ¿tiene el paciente {t}?",
             "pregunta: ¿{q} {t}? | ¿el estudio muestra {t}?",
             "¿cuántos cortes tiene esta serie? | ¿qué grosor de corte tiene? | describe {s}",
+            "dime: ¿{q} {t}? | ¿{q} {t} en este estudio?",
+            "¿presenta el paciente {t}? | ¿se ve {t} en esta placa?",
+            "¿qué ves aquí? | describe {s} en esta imagen",
         ),
     },
     "greeting": {
@@ -632,9 +703,12 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "ok | cool | got it",
             "bye | see you | good night",
         ),
-        "fr": ("bonjour | salut | bonsoir", "merci | merci beaucoup | super, merci", "qui es-tu ? | au revoir | d'accord"),
-        "de": ("hallo | guten Morgen | servus", "danke | vielen Dank | super, danke", "wer bist du? | tschüss | alles klar"),
-        "es": ("hola | buenos días | buenas tardes", "gracias | muchas gracias | genial, gracias", "¿quién eres? | adiós | vale"),
+        "fr": ("bonjour | salut | bonsoir", "merci | merci beaucoup | super, merci", "qui es-tu ? | au revoir | d'accord",
+               "coucou | salut à toi | bonne journée"),
+        "de": ("hallo | guten Morgen | servus", "danke | vielen Dank | super, danke", "wer bist du? | tschüss | alles klar",
+               "moin | hi | schönen Tag"),
+        "es": ("hola | buenos días | buenas tardes", "gracias | muchas gracias | genial, gracias", "¿quién eres? | adiós | vale",
+               "buenas | qué tal | hasta luego"),
     },
     "off_topic": {
         "en": (
@@ -654,18 +728,21 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "raconte une blague | raconte une histoire",
             "quelle heure est-il ? | quel jour sommes-nous ?",
             "réserve une salle | commande le déjeuner | envoie un e-mail",
+            "écris un poème | recommande un film | quelle est la capitale de l'Italie ?",
         ),
         "de": (
             "wie wird das Wetter? | regnet es morgen?",
             "erzähl einen Witz | erzähl eine Geschichte",
             "wie spät ist es? | welcher Tag ist heute?",
             "buche einen Raum | bestell das Mittagessen | schick eine E-Mail",
+            "schreib ein Gedicht | empfiehl einen Film | was ist die Hauptstadt von Italien?",
         ),
         "es": (
             "¿qué tiempo hace? | ¿va a llover?",
             "cuéntame un chiste | cuéntame una historia",
             "¿qué hora es? | ¿qué día es hoy?",
             "reserva una sala | pide la comida | envía un correo",
+            "escribe un poema | recomiéndame una película | ¿cuál es la capital de Italia?",
         ),
     },
     "clarify": {
@@ -680,11 +757,11 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "can you handle this? | deal with this one | do something with it",
         ),
         "fr": ("regarde ça | aide-moi | tu peux vérifier ?", "analyse | qu'en penses-tu ? | fais le nécessaire",
-               "fais quelque chose | occupe-toi de ça | jette un œil"),
+               "fais quelque chose | occupe-toi de ça | jette un œil", "alors ? | et maintenant ? | vas-y"),
         "de": ("schau dir das an | hilf mir | kannst du das prüfen?", "analysieren | was meinst du? | mach mal",
-               "kümmere dich darum | mach was damit | wirf einen Blick darauf"),
+               "kümmere dich darum | mach was damit | wirf einen Blick darauf", "und jetzt? | los geht's | na?"),
         "es": ("mira esto | ayúdame | ¿puedes revisarlo?", "analiza | ¿qué opinas? | haz lo de siempre",
-               "encárgate de esto | haz algo con esto | échale un vistazo"),
+               "encárgate de esto | haz algo con esto | échale un vistazo", "¿y ahora? | adelante | ¿entonces?"),
     },
 }  # fmt: skip
 
@@ -722,11 +799,11 @@ CONNECTORS: dict[str, tuple[str, ...]] = {
         "{a}, plus {b} | {a}, and also {b}",
     ),
     "fr": ("{a} et {b} | {a} et aussi {b}", "{a}, puis {b} | {a} puis {b}", "d'abord {a}, ensuite {b} | {a}, ensuite {b}",
-           "{a} ; aussi {b} | {a}, puis aussi {b}"),
+           "{a} ; aussi {b} | {a}, puis aussi {b}", "{a}, après ça {b} | {a} et ensuite {b}"),
     "de": ("{a} und {b} | {a} und außerdem {b}", "{a}, dann {b} | {a} dann {b}", "zuerst {a}, danach {b} | {a}, danach {b}",
-           "{a}; außerdem {b} | {a}, dann noch {b}"),
+           "{a}; außerdem {b} | {a}, dann noch {b}", "{a} und danach {b} | {a}, anschließend {b}"),
     "es": ("{a} y {b} | {a} y también {b}", "{a}, luego {b} | {a} luego {b}", "primero {a}, después {b} | {a}, después {b}",
-           "{a}; también {b} | {a}, luego también {b}"),
+           "{a}; también {b} | {a}, luego también {b}", "{a} y después {b} | {a}, y luego {b}"),
 }  # fmt: skip
 #: the pairs of intents a multi-tool request combines (the first runs first)
 COMBINATIONS = (
@@ -1028,8 +1105,27 @@ def strip_accents(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
 
 
+#: words around a request that do not change what it asks, per language
+OPENERS = {
+    "en": ("please ", "hey, ", "ok, ", "hi, ", "quick one: ", "for this study, ", "urgent: ", "when you can, ", "dr. lee asks: "),
+    "fr": ("s'il te plaît, ", "bonjour, ", "urgent : ", "pour cet examen, ", "vite : "),
+    "de": ("bitte ", "hallo, ", "dringend: ", "für diese Untersuchung: ", "kurz: "),
+    "es": ("por favor, ", "hola, ", "urgente: ", "para este estudio, ", "rápido: "),
+}  # fmt: skip
+CLOSERS = {
+    "en": (" please", " thanks", " asap", " for the tumour board", " for me", " when you have time", " thx", " (urgent)"),
+    "fr": (" svp", " merci", " stp", " rapidement", " pour la RCP"),
+    "de": (" bitte", " danke", " schnell", " für die Tumorkonferenz", " bitte zügig"),
+    "es": (" por favor", " gracias", " rápido", " para el comité", " cuanto antes"),
+}  # fmt: skip
+
+
 def _vary(text: str, language: str, rng: random.Random) -> str:
-    """Typing habits: slips, no accents, capitals, punctuation."""
+    """Typing habits: words around the request, slips, no accents, capitals, punctuation."""
+    if rng.random() < 0.2:
+        text = rng.choice(OPENERS[language]) + text
+    if rng.random() < 0.2 and text and text[-1] not in "?":
+        text = text.rstrip(".!") + rng.choice(CLOSERS[language])
     roll = rng.random()
     if roll < 0.12:
         text = misspell(text, rng, 1 if rng.random() < 0.75 else 2)
@@ -1107,11 +1203,11 @@ class Generator:
         if not self.vary_tools:
             return offered
         roll = self.rng.random()
-        if roll < 0.12 and len(offered) > 1:
+        if roll < 0.06 and len(offered) > 1:
             for _ in range(self.rng.choice((1, 1, 2))):
                 if len(offered) > 1:
                     offered.remove(self.rng.choice(offered))
-        elif roll < 0.2:
+        elif roll < 0.12:
             extra = [c.name for c in self.cards if c.name not in offered]
             if extra:
                 offered.append(self.rng.choice(extra))

@@ -53,6 +53,8 @@ VALUE_MARK = '"value👉"'
 #: the study line starts the part of the prompt that changes from request to request
 STUDY_PREFIX = "Study: "
 MAX_NEW_TOKENS = 96
+#: how the plan's thoughts name a tool the study was not offered (``data.build_plan`` writes it)
+NOT_OFFERED = re.compile(r"needs (\w+), not offered")
 MAX_DRAFT_TOKENS = 12
 MAX_INSTRUCTION_CHARS = 400
 MAX_DESCRIPTION_CHARS = 40
@@ -499,6 +501,9 @@ class LLMPlanner:
                 raise PlanError(
                     f"actions[{index}] names {action.API_name}, which was not offered for this study"
                 )
+        for claimed in NOT_OFFERED.findall(plan.thoughts):
+            if claimed in offered:
+                raise PlanError(f"the thoughts say {claimed} is not offered, but it is: {plan.thoughts!r}")
         if plan.actions:
             plan = Plan(plan.thoughts, plan.actions, plan_value(plan.actions))
         elif not plan.value:

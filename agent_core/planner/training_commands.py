@@ -362,7 +362,17 @@ def _add_tool(arguments: argparse.Namespace) -> int:
     (arguments.out / "tool.json").write_text(json.dumps(spec, indent=1, ensure_ascii=False), encoding="utf-8")
     new_eval = arguments.out / "new_tool_test_eval.jsonl"
     data.write_jsonl(new_eval, (data.eval_item(e) for e in new_test))
-    config = _train_config(arguments, settings, init_adapter=str(adapter))
+    lora = json.loads(
+        (Path(adapter) / "adapter_config.json").read_text()
+    )  # the adapter keeps its own LoRA shape
+    config = _train_config(
+        arguments,
+        settings,
+        init_adapter=str(adapter),
+        rank=lora["r"],
+        alpha=lora["lora_alpha"],
+        dropout=lora.get("lora_dropout", 0.0),
+    )
     result = train(
         config,
         records,

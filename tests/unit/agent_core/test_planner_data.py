@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent_core.planner import data
-from agent_core.planner.llm import ACTIONS_MARK, THOUGHTS_MARK, VALUE_MARK
+from agent_core.planner.llm import ACTIONS_MARK, NOT_OFFERED, THOUGHTS_MARK, VALUE_MARK
 from agent_core.protocol import Action, parse_plan
 from agent_core.registry import ToolRegistry
 
@@ -112,6 +112,7 @@ def test_a_tool_not_offered_is_named_and_the_rest_still_runs(cards: list) -> Non
     alone = data.build_plan([data.Part("grounded_segmentation", ["brain tumor"])], "MR", mr_tools)
     assert alone.actions == ()
     assert "grounded_segmentation is not available for MR studies" in alone.value
+    assert NOT_OFFERED.findall(alone.thoughts) == ["grounded_segmentation"]  # what the LLM planner checks
     mixed = data.build_plan(
         [data.Part("grounded_segmentation", ["brain tumor"]), data.Part("report_generation")], "MR", mr_tools
     )

@@ -1,0 +1,378 @@
+"""The LLM planner: the real SmolLM2 with the committed adapter plans held-out requests; bad output falls back.
+
+The held-out sample is 20 requests of the committed ``test_eval.jsonl`` (phrasings the adapter never saw),
+spread over the file; the full figures are in the adapter's MODEL_CARD.md. The adapter plans them better than
+the rules planner, but short of the issue's goal (0.95 tool accuracy): that test is a strict xfail, so it
+turns CI red, as a reminder to drop the mark, once an adapter reaches the goal. Training is tested on a tiny
+randomly initialised LLaMA configured as ``models.llm`` (the "larger backbone" path), which also shows that
+a run stopped half-way resumes to the same losses as one that was not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_core.planner import data
+from agent_core.planner.evaluate import evaluate, load_items, sample_items
+from agent_core.planner.llm import (
+    DEFAULT_ADAPTER,
+    THOUGHTS_MARK,
+    Generation,
+    LLMPlanner,
+    _actions_closed,
+    _draft,
+    adapter_base,
+    card_line,
+    encode_prompt,
+    encode_reply,
+    offered_cards,
+    study_line,
+    user_prompt,
+)
+from agent_core.planner.rules import RulesPlanner, StudyContext
+from agent_core.planner.train import TrainConfig, batch_order, train
+from agent_core.protocol import Action
+from agent_core.registry import ToolRegistry
+from config.settings import ModelsSection, PlannerSection, Settings
+from tests.helpers.tiny_models import save_tiny_llama
+from tools.llm import SMOLLM2_ENGINE
+
+HELD_OUT = DEFAULT_ADAPTER / "test_eval.jsonl"
+CHEST_CT = StudyContext("CT", "CHEST")
+
+
+@pytest.fixture(scope="module")
+def registry() -> ToolRegistry:
+    return ToolRegistry.default(entry_points=False)
+
+
+@pytest.fixture(scope="module")
+def planner(registry: ToolRegistry) -> LLMPlanner:
+    planner = LLMPlanner(
+        registry, Settings(planner=PlannerSection(kind="llm"), models=ModelsSection(device="cpu"))
+    )
+    planner.load()
+    return planner
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+class ScriptedDecoder:
+    """Writes a fixed text, with the real tokenizer, where the model would."""
+
+    def __init__(self, tokenizer: Any, text: str) -> None:
+        self.tokenizer = tokenizer
+        self.text = text
+
+    def generate(self, prefix: list[int], request: list[int], max_new_tokens: int = 96) -> Generation:
+        return Generation(self.text, 10, 3)
+
+
+def scripted(planner: LLMPlanner, registry: ToolRegistry, text: str) -> LLMPlanner:
+    scripted = LLMPlanner(registry, planner.settings)
+    scripted._decoder = ScriptedDecoder(planner.load().tokenizer, text)  # type: ignore[assignment]
+    return scripted
+
+
+# ---------------------------------------------------------------------------------------------- prompt
+
+
+def test_the_prompt_lists_the_tools_that_can_run_and_the_study_in_one_line(registry: ToolRegistry) -> None:
+    on_mr = [card.name for card in offered_cards(registry, "MR")]
+    assert "grounded_segmentation" not in on_mr and {"segmentation", "vqa", "retrieval"} <= set(on_mr)
+    assert len(offered_cards(registry, "")) == len(registry.tools())
+    assert card_line(registry.get("segmentation").card) == (
+        "segmentation(boxes|points): Segment the structure inside each given box"
+    )
+    assert card_line(registry.get("classification").card).startswith("classification(labels?): ")
+    line = study_line("CT", "CHEST", "CT THORAX W/O CONTRAST AND A VERY LONG DESCRIPTION TEXT", "", 120)
+    assert line == "Study: CT CHEST | CT THORAX W/O CONTRAST AND A VERY LONG… | 120 images"
+    assert study_line("") == "Study: unknown"
+    prompt = user_prompt(offered_cards(registry, "CT"), line, "segment the liver")
+    assert prompt.count("\n") == len(offered_cards(registry, "CT")) + 2
+    assert prompt.endswith("Request: segment the liver")
+
+
+def test_training_and_planning_split_the_prompt_the_same_way(
+    planner: LLMPlanner, registry: ToolRegistry
+) -> None:
+    tokenizer = planner.load().tokenizer
+    cards = offered_cards(registry, "CT")
+    prefix, request = encode_prompt(tokenizer, user_prompt(cards, study_line("CT"), "find the liver"))
+    other_prefix, _ = encode_prompt(tokenizer, user_prompt(cards, study_line("CR"), "hi"))
+    assert prefix == other_prefix  # the same tools: the same cached prefix
+    assert tokenizer.decode(request).startswith("Study: CT\nRequest: find the liver")
+    assert tokenizer.decode(request).endswith(THOUGHTS_MARK)
+    reply = encode_reply(tokenizer, f'{THOUGHTS_MARK}Locate liver.\n"actions🚀"[]\n"value👉"No.')
+    assert reply[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_decoding_stops_at_the_end_of_a_non_empty_action_list() -> None:
+    assert (
+        _actions_closed('"thoughts🤔"x\n"actions🚀"[{"API_name": "vqa", "API_params": {"q": "a]"}}]') is True
+    )
+    assert _actions_closed('"thoughts🤔"x\n"actions🚀"[]') is False
+    assert _actions_closed('"thoughts🤔"x\n"actions🚀"[{"API_name": "vqa"') is None
+    assert _actions_closed('"thoughts🤔"x') is None
+    assert _draft([1, 2, 3, 9, 1, 2], ([1, 2, 3, 9, 1, 2],), 3) == [3, 9, 1]
+    assert _draft([7, 8], ([7, 8], [5, 7, 8, 4, 4]), 2) == [4, 4]
+
+
+def test_speculative_decoding_gives_the_greedy_text(planner: LLMPlanner, registry: ToolRegistry) -> None:
+    import torch
+
+    decoder = planner.load()
+    cards = offered_cards(registry, "US")
+    prefix, request = encode_prompt(
+        decoder.tokenizer, user_prompt(cards, study_line("US", "NECK"), "any thyroid nodule?")
+    )
+    generation = decoder.generate(prefix, request, max_new_tokens=30)
+    with torch.inference_mode():
+        greedy = decoder.model.generate(
+            torch.tensor([prefix + request]),
+            max_new_tokens=generation.tokens,
+            do_sample=False,
+            pad_token_id=2,
+        )
+    text = decoder.tokenizer.decode(greedy[0, len(prefix + request) :], skip_special_tokens=True)
+    assert generation.text == THOUGHTS_MARK + text
+    assert generation.forward_passes < generation.tokens
+
+
+# ---------------------------------------------------------------------------------------- the adapter
+
+
+def test_the_committed_adapter_is_small_documented_and_the_default(planner: LLMPlanner) -> None:
+    assert (DEFAULT_ADAPTER / "adapter_model.safetensors").stat().st_size < 20 * 1024 * 1024
+    assert adapter_base(DEFAULT_ADAPTER) == SMOLLM2_ENGINE
+    card = (DEFAULT_ADAPTER / "MODEL_CARD.md").read_text()
+    for fact in ("seed", "steps", "tool accuracy", "JSON validity", "bone_age"):
+        assert fact.lower() in card.lower(), fact
+    assert planner.adapter_path(SMOLLM2_ENGINE) == DEFAULT_ADAPTER
+    assert planner.adapter_path("LLM my-model") is None  # trained for another backbone: not applied
+
+
+@pytest.fixture(scope="module")
+def held_out(planner: LLMPlanner, registry: ToolRegistry) -> dict[str, Any]:
+    """The LLM planner's and the rules planner's reports on the same 20 held-out requests."""
+    items = sample_items(load_items(HELD_OUT), 20)
+    return {
+        "llm": evaluate(planner, items, registry),
+        "rules": evaluate(RulesPlanner(registry), items, registry),
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the committed adapter reaches 0.70 held-out tool accuracy (MODEL_CARD.md), short of the 0.95 goal",
+)
+def test_the_committed_adapter_reaches_the_goal_on_held_out_requests(held_out: dict[str, Any]) -> None:
+    report = held_out["llm"]
+    wrong = [row for row in report["items"] if not row["ok"]]
+    assert report["tool_accuracy"] >= 0.95, wrong
+    assert report["json_valid_rate"] >= 0.99, wrong
+
+
+def test_the_committed_adapter_plans_held_out_requests_better_than_the_rules(
+    held_out: dict[str, Any],
+) -> None:
+    llm, rules = held_out["llm"], held_out["rules"]
+    assert llm["tool_accuracy"] >= rules["tool_accuracy"] + 0.2, (
+        llm["tool_accuracy"],
+        rules["tool_accuracy"],
+    )
+    assert llm["prompt_recall"] > rules["prompt_recall"]
+    assert llm["json_valid_rate"] >= 0.95
+
+
+def test_a_plan_names_canonical_structures_and_the_value_is_written(planner: LLMPlanner) -> None:
+    plan, source = planner.plan_with_source(
+        "Please segment the liver and the spleen", StudyContext("CT", "ABDOMEN")
+    )
+    assert source.planner == "llm" and source.json_valid
+    assert plan.actions == (Action("grounded_segmentation", {"prompts": ["liver", "spleen"]}),)
+    assert plan.value == "Running grounded_segmentation (liver, spleen)."
+    assert source.text.startswith(THOUGHTS_MARK)
+
+
+# ------------------------------------------------------------------------------------------- fallback
+
+
+def test_text_that_is_not_a_plan_falls_back_to_the_rules_planner_and_is_logged(
+    planner: LLMPlanner, registry: ToolRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = scripted(planner, registry, f"{THOUGHTS_MARK}I think you should consult a doctor.")
+    with caplog.at_level(logging.WARNING, logger="agent_core.planner.llm"):
+        plan, source = broken.plan_with_source("Segment both lungs", CHEST_CT)
+    assert source.planner == "rules" and not source.json_valid and "actions" in source.reason
+    assert [a.API_name for a in plan.actions] == ["grounded_segmentation"]
+    assert "falling back to the rules planner" in caplog.text
+    assert broken.plan("Segment both lungs", CHEST_CT) == plan
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            '"actions🚀"[{"API_name": "grounded_segmentation", "API_params": {"prompts": ["brain"]}}]',
+            "not offered",
+        ),
+        ('"actions🚀"[{"API_name": "teleport", "API_params": {}}]', "unknown tool"),
+        ('"actions🚀"[{"API_name": "segmentation", "API_params": {"size": 3}}]', "segmentation"),
+        ('"actions🚀"[]\n"value👉"', "neither actions nor a reply"),
+    ],
+)
+def test_a_plan_the_registry_or_the_study_refuses_falls_back(
+    planner: LLMPlanner, registry: ToolRegistry, text: str, reason: str
+) -> None:
+    plan, source = scripted(planner, registry, f"{THOUGHTS_MARK}x\n{text}").plan_with_source(
+        "hello", StudyContext("MR")
+    )
+    assert source.planner == "rules" and reason in source.reason
+
+
+def test_thoughts_that_call_an_offered_tool_unavailable_fall_back(
+    planner: LLMPlanner, registry: ToolRegistry
+) -> None:
+    text = f'{THOUGHTS_MARK}Locate spleen needs grounding, not offered for CT.\n"actions🚀"[]\n"value👉"I cannot.'
+    plan, source = scripted(planner, registry, text).plan_with_source("find the spleen", CHEST_CT)
+    assert source.planner == "rules" and "grounding is not offered, but it is" in source.reason
+    on_mr = scripted(planner, registry, text.replace("CT", "MR")).plan_with_source(
+        "find the spleen", StudyContext("MR")
+    )
+    assert on_mr[1].planner == "llm" and on_mr[0].actions == ()
+
+
+def test_a_model_that_cannot_load_falls_back_and_says_why(registry: ToolRegistry, tmp_path: Path) -> None:
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    planner = LLMPlanner(registry, Settings(models=ModelsSection(device="cpu")), adapter=tmp_path)
+    plan, source = planner.plan_with_source("Segment both lungs", CHEST_CT)
+    assert source.planner == "rules" and "cannot load" in source.reason
+    assert plan.actions and plan.actions[0].API_name == "grounded_segmentation"
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def records(count: int) -> list[dict[str, Any]]:
+    cards = data.default_cards()
+    return [data.conversation(e, cards) for e in data.generate("train", count, cards, seed=1)]
+
+
+def test_batches_are_seeded_cover_every_example_and_group_similar_lengths() -> None:
+    lengths = [i % 37 for i in range(96)]
+    order = batch_order(lengths, 4, 24, seed=5)
+    assert order == batch_order(lengths, 4, 24, seed=5) != batch_order(lengths, 4, 24, seed=6)
+    assert sorted(i for batch in order for i in batch) == list(range(96))
+    assert max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in order) < 20
+
+
+def test_training_a_configured_backbone_resumes_where_it_stopped(tiny_llama: Path, tmp_path: Path) -> None:
+    models = ModelsSection(device="cpu", llm=tiny_llama)
+    conversations = records(12)
+
+    def config(out: Path) -> TrainConfig:
+        return TrainConfig(
+            out=out, rank=2, alpha=4, steps=4, batch_size=3, save_every=100, max_length=512, seed=2
+        )
+
+    whole = train(config(tmp_path / "whole"), conversations, models, progress=False)
+    assert whole.finished and whole.steps == 4 and len(whole.losses) == 4
+    first = train(config(tmp_path / "pieces"), conversations, models, progress=False, stop_after=3)
+    assert not first.finished and (tmp_path / "pieces" / "checkpoint" / "state.pt").is_file()
+    assert not (tmp_path / "pieces" / "adapter_model.safetensors").exists()
+    second = train(config(tmp_path / "pieces"), conversations, models, progress=False)
+    assert second.finished and second.resumed_from == 3
+    assert second.losses == pytest.approx(whole.losses, rel=1e-4)
+    assert not (tmp_path / "pieces" / "checkpoint").exists()
+    log = json.loads((tmp_path / "pieces" / "training_log.json").read_text())
+    assert (
+        log["config"]["rank"] == 2
+        and log["resumed_from"] == 3
+        and log["backbone"] == f"LLM {tiny_llama.name}"
+    )
+    again = train(config(tmp_path / "pieces"), conversations, models, progress=False)
+    assert again.resumed_from == again.steps  # a finished run is left as it is
+    train(config(tmp_path / "pieces2"), conversations, models, progress=False, stop_after=1)
+    other = config(tmp_path / "pieces2")
+    other.rank = 3
+    with pytest.raises(ValueError, match="checkpoint of another run.*rank 2 there, 3 now"):
+        train(other, conversations, models, progress=False)
+
+    planner = LLMPlanner(
+        ToolRegistry.default(entry_points=False),
+        Settings(models=models),
+        adapter=tmp_path / "pieces",
+        device="cpu",
+    )
+    plan, source = planner.plan_with_source("Segment both lungs", CHEST_CT)  # random weights: rules take over
+    assert source.planner in ("llm", "rules") and plan is not None
+
+
+def test_the_committed_adapter_is_not_applied_to_another_backbone(
+    tiny_llama: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    planner = LLMPlanner(
+        ToolRegistry.default(entry_points=False), Settings(models=ModelsSection(device="cpu", llm=tiny_llama))
+    )
+    with caplog.at_level(logging.WARNING, logger="agent_core.planner.llm"):
+        plan, source = planner.plan_with_source("Segment both lungs", CHEST_CT)
+    assert "runs without an adapter" in caplog.text
+    assert plan.actions  # whatever the random model wrote, a usable plan comes back
+
+
+def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_after(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``medagent planner add-tool`` on a configured backbone: the new adapter keeps the base's LoRA shape."""
+    from dicom_node.cli import main
+
+    config = tmp_path / "node.yaml"
+    config.write_text(f"models: {{device: cpu, llm: {tiny_llama}}}\n")
+    base = tmp_path / "base"
+    train(
+        TrainConfig(out=base, rank=2, alpha=4, steps=2, batch_size=3, max_length=512, seed=2),
+        records(6),
+        ModelsSection(device="cpu", llm=tiny_llama),
+        progress=False,
+    )
+    old = tmp_path / "old.jsonl"
+    old.write_text(
+        json.dumps({"id": "o1", "instruction": "segment the liver", "modality": "CT", "body_part": "ABDOMEN",
+                    "expected_tools": ["grounded_segmentation"], "expected_prompts": ["liver"]}) + "\n"
+    )  # fmt: skip
+    spec = DEFAULT_ADAPTER / "pseudo_tool_bone_age.json"
+    out = tmp_path / "with-bone-age"
+    arguments = ["planner", "add-tool", "--config", str(config), "--tool", str(spec), "--adapter", str(base)]
+    arguments += [
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--new-examples",
+        "6",
+        "--replay",
+        "6",
+        "--batch-size",
+        "3",
+    ]
+    assert main([*arguments, "--evaluate", str(old), "--no-progress", "--max-length", "512"]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert (
+        log["config"]["rank"] == 2
+        and log["config"]["alpha"] == 4
+        and log["config"]["init_adapter"] == str(base)
+    )
+    assert json.loads((out / "tool.json").read_text())["name"] == "bone_age"
+    table = json.loads((out / "add_tool_eval.json").read_text())
+    assert set(table) == {"old tools, before", "old tools, after", "new tool, before", "new tool, after"}
+    assert table["old tools, before"]["n"] == 1 and table["new tool, after"]["n"] >= 20
+    assert "old tools, after" in capsys.readouterr().out
