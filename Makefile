@@ -21,6 +21,9 @@ setup: $(STAMP)
 # the OHIF checks (tests/ohif) drive Debian chromium with playwright-core; the OHIF build is fetched on first use
 	@test -d tests/ohif/node_modules || ! command -v npm >/dev/null \
 		|| npm ci --prefix tests/ohif --no-audit --no-fund --loglevel=error
+# the web console checks (tests/console) drive Debian chromium with playwright-core too
+	@test -d tests/console/node_modules || ! command -v npm >/dev/null \
+		|| npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
