@@ -7,7 +7,7 @@ go to done; open the study page and see the left lung's mask over the source sli
 with the SEG that Orthanc received); ask "How large is the left lung?" and find, in the answer, the volume
 that the SR in Orthanc holds. The chest CT is segmented for the left lung only, but twice: once for the
 routed job and once for the question (``/studies/{uid}/ask`` makes a job of its own and does not reuse the
-routed job's result), so the module takes minutes on a CPU, about 50 on two cores shared with a training run.
+routed job's result): the module took 6 min on an idle 2-core CPU, 50 min on one shared with a training run.
 
 Screenshots go to ``$MEDAGENT_TEST_ARTIFACTS/console/`` (default ``var/test-artifacts/console/``), with
 ``browser-events.json`` (what the page logged); their paths are printed.
@@ -46,8 +46,8 @@ WRONG_TOKEN = "console-test-token-00000000"
 ROUTE = "ct-left-lung"
 INSTRUCTION = "Segment the left lung"
 QUESTION = "How large is the left lung?"
-#: the longest a left-lung segmentation of the 55-slice CT may take here (measured: 16 to 33 min on a 2-core
-#: CPU shared with a training run)
+#: the longest a left-lung segmentation of the 55-slice CT may take here (measured on 2 cores: 1 to 6 min
+#: idle, 16 to 33 min shared with a training run)
 SEGMENTATION_SECONDS = 3600
 #: how far a pixel's channels must differ to count as coloured (the source slices are grey, R = G = B)
 COLOURED = 24
