@@ -11,7 +11,10 @@ Instance UIDs (so that every instance is new to every receiver) and sent by one 
 - ``storescp -od``: DCMTK's reference SCP, writes each file without fsync;
 - Orthanc with its default ``SyncStorageArea: true`` and a 128 KiB maximum PDU;
 - for reference, pynetdicom alone: an SCP that answers Success at once and stores nothing, the floor
-  under the node's own work (checks, fsync'ed spool file, index row).
+  under the node's own work (checks, fsync'ed spool file, index row);
+- for reference, the disk alone: each file written to a new file, fsync'ed, and its folder fsync'ed, one
+  after the other, with no network and no DICOM: the floor that durable storage puts under any receiver
+  that answers only once an instance is on disk (storescp does not wait for the disk).
 
 Each receiver gets a fresh storage folder per round; the best round is reported. The table prints
 instances per second, MB/s of data set bytes sent, and the ratio to storescp.
@@ -206,6 +209,25 @@ def run_bare_pynetdicom(folder: Path, files: list[Path], script: str = _BARE_PYN
         stop(process)
 
 
+def run_disk_alone(folder: Path, files: list[Path]) -> float:
+    """Seconds to write each file durably (new file, fsync, folder fsync), one after the other."""
+    contents = [path.read_bytes() for path in files]
+    started = time.perf_counter()
+    for number, content in enumerate(contents):
+        descriptor = os.open(folder / f"{number:05d}.dcm", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.write(descriptor, content)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return time.perf_counter() - started
+
+
 RECEIVERS: dict[str, Callable[[Path, list[Path]], float]] = {
     "storescp (DCMTK, -od, no fsync)": run_storescp,
     "Orthanc 1.10 (SyncStorageArea)": run_orthanc,
@@ -214,6 +236,7 @@ RECEIVERS: dict[str, Callable[[Path, list[Path]], float]] = {
     "same, event-driven acceptor": lambda folder, files: run_bare_pynetdicom(
         folder, files, _BARE_EVENT_DRIVEN
     ),
+    "disk alone (write + fsync, no net)": run_disk_alone,
 }
 
 
