@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -42,6 +43,25 @@ def test_every_family_is_in_one_split_and_each_kind_is_trained_and_tested() -> N
             assert len(members) >= 3, (kind, language)
             assert {splits[m] for m in members} >= {"train", "test"}, (kind, language)
     assert {splits[f.id] for f in families if f.kind.startswith("clause:")} == {data.SHARED}
+
+
+def test_every_kind_and_language_has_many_frames_with_slots_that_fill() -> None:
+    splits = data.family_splits()
+    families = data.all_families()
+    for kind in [*data.PHRASINGS, "connector"]:
+        for language in data.LANGUAGES:
+            members = [f for f in families if f.kind == kind and f.language == language]
+            assert len(members) >= 12, (kind, language, len(members))
+            assert sum(splits[f.id] == "train" for f in members) >= 9, (kind, language)
+    for family in families:
+        intent = family.kind.removeprefix("clause:")
+        fillable = {"s", "t", "labels", "box", "pt", "f", "a", "b"}
+        fillable |= set(data.KEYWORDS.get(intent, {}).get(family.language, {}))
+        for template in family.templates:
+            slots = set(re.findall(r"\{(\w+)\}", template))
+            assert slots <= fillable, (family.id, template)
+            if intent == "segmentation":  # one given prompt, and the frame it is on
+                assert len(slots & {"box", "pt"}) == 1 and "f" in slots, (family.id, template)
 
 
 def test_test_requests_use_phrasings_never_seen_in_training(dataset: data.DataSet) -> None:
