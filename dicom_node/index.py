@@ -103,9 +103,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     destinations TEXT NOT NULL,          -- JSON list of destination names
     plan TEXT NOT NULL,                  -- JSON Plan {thoughts, actions, value}
     state TEXT NOT NULL,                 -- queued | running | done | failed
-    created_at REAL NOT NULL,
+    created_at REAL NOT NULL,            -- when its plan was recorded (planning ended)
     updated_at REAL NOT NULL,
-    error TEXT
+    error TEXT,
+    planning_started_at REAL,            -- when the planner was asked (the study had completed)
+    encoding_started_at REAL,            -- the encoding step (finalize): results to stored SEG/SR/SC ...
+    encoding_finished_at REAL            -- ... queued in the outbox; both NULL until it ends
 );
 CREATE TABLE IF NOT EXISTS actions (
     job_id TEXT NOT NULL,
@@ -151,8 +154,8 @@ CREATE TABLE IF NOT EXISTS commitments (
 """
 
 
-#: Columns added to the ingest tables after their first release: added to an older index when it opens.
-_INGEST_COLUMNS = {
+#: Columns added to the tables after their first release: added to an older index when it opens.
+_ADDED_COLUMNS = {
     "instances": {
         "content_hash": "TEXT",
         "transfer_syntax_uid": "TEXT",
@@ -162,6 +165,11 @@ _INGEST_COLUMNS = {
         "duplicates": "INTEGER NOT NULL DEFAULT 0",
         "failed": "INTEGER NOT NULL DEFAULT 0",
         "detail": "TEXT",
+    },
+    "jobs": {
+        "planning_started_at": "REAL",
+        "encoding_started_at": "REAL",
+        "encoding_finished_at": "REAL",
     },
 }
 
@@ -205,7 +213,7 @@ class Index:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connection().executescript(SCHEMA)
-        self._add_missing_columns(_INGEST_COLUMNS)
+        self._add_missing_columns(_ADDED_COLUMNS)
 
     def __repr__(self) -> str:
         if self._postgres is not None:
@@ -239,7 +247,7 @@ class Index:
         with self._postgres.transaction() as connection:
             connection.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             connection.connection.execute(postgres_schema(SCHEMA))
-            for table, wanted in _INGEST_COLUMNS.items():
+            for table, wanted in _ADDED_COLUMNS.items():
                 for column, declaration in wanted.items():
                     connection.connection.execute(
                         f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {postgres_schema(declaration)}"
@@ -530,12 +538,19 @@ class Index:
         instruction: str,
         destinations: list[str],
         plan: dict[str, Any],
+        planning_started_at: float | None = None,
     ) -> bool:
-        """Insert a job and its actions; return False if the job already exists (idempotent)."""
+        """Insert a job and its actions; return False if the job already exists (idempotent).
+
+        ``planning_started_at``: when the planner was asked for ``plan`` (UNIX seconds); the job's
+        ``created_at`` (now) is when planning ended.
+        """
         now = time.time()
         with self.connect() as connection:
             cursor = connection.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,'queued',?,?,NULL) ON CONFLICT (job_id) DO NOTHING",
+                "INSERT INTO jobs (job_id, study_instance_uid, series_instance_uid, route, instruction,"
+                " destinations, plan, state, created_at, updated_at, planning_started_at)"
+                " VALUES (?,?,?,?,?,?,?,'queued',?,?,?) ON CONFLICT (job_id) DO NOTHING",
                 (
                     job_id,
                     study_instance_uid,
@@ -546,6 +561,7 @@ class Index:
                     json.dumps(plan),
                     now,
                     now,
+                    planning_started_at,
                 ),
             )
             if cursor.rowcount == 0:
@@ -576,6 +592,17 @@ class Index:
             connection.execute(
                 "UPDATE jobs SET state=?, error=?, updated_at=? WHERE job_id=?",
                 (state, error, time.time(), job_id),
+            )
+
+    def finish_encoding(self, job_id: str, state: str, error: str | None, started_at: float) -> None:
+        """Record the end of a job's encoding step: its final state and error, when the step started
+        (``started_at``) and ended (now)."""
+        now = time.time()
+        with self.connect() as connection:
+            connection.execute(
+                "UPDATE jobs SET state=?, error=?, updated_at=?, encoding_started_at=?, encoding_finished_at=?"
+                " WHERE job_id=?",
+                (state, error, now, started_at, now, job_id),
             )
 
     def actions(self, job_id: str) -> list[IndexRow]:

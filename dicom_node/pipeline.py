@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Collection
 from pathlib import Path
@@ -177,6 +178,7 @@ def _plan_series(
         slices=len(rows),
         metadata=planner_metadata(attributes),
     )
+    planning_started_at = time.time()
     plan = make_planner(settings, registry).plan(route.instruction, context)
     series_instance_uid = rows[0]["series_instance_uid"]
     identity = [
@@ -194,6 +196,7 @@ def _plan_series(
         instruction=route.instruction,
         destinations=list(route.destinations),
         plan=plan.to_dict(),
+        planning_started_at=planning_started_at,
     )
     if not created:
         logger.info(
@@ -473,7 +476,8 @@ def _write_output(path: Path, data: bytes) -> None:
 def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
     """Encode every successful action's result as DICOM, store it, and queue it for the job's destinations.
 
-    Returns the SOP Instance UIDs of the job's objects. A job that is finished already (``done`` or
+    Returns the SOP Instance UIDs of the job's objects, and records on the job when this step started and
+    ended (``encoding_started_at``, ``encoding_finished_at``). A job that is finished already (``done`` or
     ``failed``: a redelivered task) is not encoded again; an object stored already is not rewritten or
     queued again. Raises what ``is_transient`` accepts, for the caller to try again later.
     """
@@ -483,6 +487,7 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
     if job["state"] in ("done", "failed"):
         logger.info("job %s is %s already (a redelivered task); not encoded again", job_id, job["state"])
         return [row["sop_instance_uid"] for row in index.outputs(job_id)]
+    encoding_started_at = time.time()
     stored = {row["sop_instance_uid"] for row in index.outputs(job_id) if Path(row["path"]).exists()}
     destinations = json.loads(job["destinations"])
     plan = Plan.from_json(job["plan"])
@@ -553,7 +558,7 @@ def finalize_job(settings: Settings, index: Index, job_id: str) -> list[str]:
                 destinations,
             )
     state = "failed" if errors and not sop_instance_uids else "done"
-    index.set_job_state(job_id, state, "; ".join(errors) or None)
+    index.finish_encoding(job_id, state, "; ".join(errors) or None, encoding_started_at)
     logger.info(
         "job %s %s with %d object(s)%s",
         job_id,

@@ -174,6 +174,7 @@ def prepare_question(
     targets = _destinations(settings, index, study_instance_uid, destinations) if send_sr else []
     rows = _series_rows(index, study_instance_uid, question, series_instance_uid)
     series_uid = rows[0]["series_instance_uid"]
+    planning_started_at = time.time()
     plan = make_planner(settings, registry).plan(question, _context(rows))
     identity = ["ask", study_instance_uid, series_uid, instances_digest(rows), question, ",".join(targets)]
     job_id = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:24]
@@ -185,6 +186,7 @@ def prepare_question(
         instruction=question,
         destinations=targets,
         plan=plan.to_dict(),
+        planning_started_at=planning_started_at,
     )
     job = index.job(job_id)
     assert job is not None

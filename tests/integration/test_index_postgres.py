@@ -356,6 +356,12 @@ def test_jobs_and_actions(any_index: Index) -> None:
     any_index.set_job_state("job-1", "failed", "vqa failed")
     assert [j["job_id"] for j in any_index.jobs("failed")] == ["job-1"]
     assert any_index.job("job-1")["error"] == "vqa failed"
+    assert any_index.create_job(**{**job, "job_id": "job-3"}, plan={"actions": []}, planning_started_at=12.5)
+    any_index.finish_encoding("job-3", "done", None, started_at=13.5)
+    encoded = any_index.job("job-3")
+    assert encoded["state"] == "done" and encoded["planning_started_at"] == 12.5
+    assert encoded["encoding_started_at"] == 13.5
+    assert encoded["encoding_finished_at"] == encoded["updated_at"] >= encoded["created_at"]
 
 
 def test_outputs_and_the_outbox(any_index: Index) -> None:

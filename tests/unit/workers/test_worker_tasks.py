@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import errno
 import json
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from agent_core.registry import ToolRegistry
+from config import Route
 from config.settings import parse_settings
 from dicom_node import pipeline
 from dicom_node.cli import main as medagent
@@ -150,6 +152,35 @@ def test_finalize_run_twice_keeps_its_uids_and_files_and_queues_each_object_once
     assert [(d["sop_instance_uid"], d["destination"]) for d in index.deliveries()] == [
         (uid, "pacs") for uid in sorted(uids)
     ]
+
+
+def test_a_job_records_when_it_was_planned_run_and_encoded(node) -> None:
+    """The times ``benchmarks/e2e.py`` splits a job's latency by are recorded, in the order they happen."""
+    settings, index, registry = node
+    study_instance_uid = index.job("job")["study_instance_uid"]
+    route = Route(name="mr", match={"Modality": "MR"}, instruction="Classify the image")
+    before = time.time()
+    (job_id,) = pipeline.plan_study(settings, index, study_instance_uid, route, registry)
+    assert pipeline.run_action(settings, index, job_id, 0, registry) == "ok"
+    assert pipeline.finalize_job(settings, index, job_id)
+    after = time.time()
+    job, (action,) = index.job(job_id), index.actions(job_id)
+    created = sorted(row["created_at"] for row in index.outputs(job_id))
+    assert action["api_name"] == "classification" and created
+    times = [
+        before,
+        job["planning_started_at"],
+        job["created_at"],
+        action["started_at"],
+        action["finished_at"],
+        job["encoding_started_at"],
+        created[0],
+        created[-1],
+        job["encoding_finished_at"],
+        after,
+    ]
+    assert times == sorted(times), times
+    assert job["updated_at"] == job["encoding_finished_at"] and job["state"] == "done"
 
 
 def _app(settings):
