@@ -173,10 +173,10 @@ def _encoder(tokenizer: Any) -> Any:
 
 def end_token_id(tokenizer: Any) -> int:
     """The token that ends the assistant's turn (``<|im_end|>`` for SmolLM2)."""
-    token_id = (
-        tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    )
-    return int(token_id if token_id is not None else tokenizer.eos_token_id)
+    # not ``"<|im_end|>" in tokenizer.get_vocab()``: that builds the whole vocabulary for every reply encoded
+    token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    known = token_id is not None and token_id != getattr(tokenizer, "unk_token_id", None)
+    return int(token_id if known else tokenizer.eos_token_id)
 
 
 # ----------------------------------------------------------------------------------------- plan wording
