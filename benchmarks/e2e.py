@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from tests.helpers.peers import (  # noqa: E402
     free_port,
     run_dcmtk,
     shared_data,
+    stop_process_group,
     wait_until,
 )
 
@@ -98,21 +98,6 @@ MODES = {
     "redis1": ("redis, 1 worker", 1),
     "redis2": ("redis, 2 workers", 2),
 }
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group of ``process`` (started in a session of its own), SIGKILL if it lingers."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def start_logged(command: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -330,7 +315,7 @@ def run_mode(root: Path, studies: list[Study], workers: int) -> ModeResult:
         if arrivals is not None:
             arrivals.stop()
         for process in reversed(started):
-            stop_group(process)
+            stop_process_group(process)
         orthanc.stop()
         if broker is not None:
             broker.flushdb()

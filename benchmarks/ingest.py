@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from tests.helpers.peers import (  # noqa: E402
     free_port,
     run_dcmtk,
     shared_data,
+    stop_process_group,
     wait_until,
 )
 
@@ -114,20 +114,6 @@ def echo_ready(ae_title: str, port: int) -> None:
     )
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
 def run_node(folder: Path, files: list[Path]) -> float:
     port = free_port()
     config = {
@@ -147,7 +133,7 @@ def run_node(folder: Path, files: list[Path]) -> float:
         time.sleep(8)  # let the embedded Celery worker finish starting: it shares the CPUs
         return send(files, "MEDAGENT", port)
     finally:
-        stop(process)
+        stop_process_group(process)
 
 
 def run_storescp(folder: Path, files: list[Path]) -> float:
@@ -161,7 +147,7 @@ def run_storescp(folder: Path, files: list[Path]) -> float:
         echo_ready("STORESCP", port)
         return send(files, "STORESCP", port)
     finally:
-        stop(process)
+        stop_process_group(process)
 
 
 def run_orthanc(folder: Path, files: list[Path]) -> float:
@@ -206,7 +192,7 @@ def run_bare_pynetdicom(folder: Path, files: list[Path], script: str = _BARE_PYN
         echo_ready("BARE", port)
         return send(files, "BARE", port)
     finally:
-        stop(process)
+        stop_process_group(process)
 
 
 def run_disk_alone(folder: Path, files: list[Path]) -> float:

@@ -30,6 +30,22 @@ def shared_data(name: str) -> Path:
     )
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM the process group that ``process`` leads (started with ``start_new_session=True``), wait up
+    to ``timeout`` seconds, then SIGKILL what is left of the group (a node's embedded worker, say)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

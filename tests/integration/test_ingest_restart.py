@@ -17,7 +17,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.index import Index
 from tests.helpers.ingest import ct_series, new_uid, open_association
-from tests.helpers.peers import free_port, run_dcmtk, wait_until
+from tests.helpers.peers import free_port, run_dcmtk, stop_process_group, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,19 +50,8 @@ class NodeProcess:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # what is left of the group: the embedded worker
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=30)
+        if self.process is not None:
+            stop_process_group(self.process)  # the node and what is left of its group: the embedded worker
 
 
 def _send_all(port: int, instances, on_success=None) -> dict[str, int]:
