@@ -34,7 +34,7 @@ from pydicom.multival import MultiValue
 
 from agent_core.planner import StudyContext, planner_metadata
 from agent_core.planner.factory import make_planner
-from agent_core.protocol import REFERENCE, Plan
+from agent_core.protocol import REFERENCE, Plan, PlanError
 from agent_core.registry import ToolRegistry
 from config import Route, Settings
 from config.settings import GroupBy
@@ -45,7 +45,7 @@ from dicom_node.load import Volume, load_volume, read_series
 from dicom_node.routing import route_matches
 from dicom_node.spool import sync_directory, write_durably
 from dicom_node.tracker import instances_digest
-from tools.base import ToolInput, ToolResult, ToolStatus
+from tools.base import EngineKind, ToolInput, ToolResult, ToolStatus
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +372,19 @@ def run_action(
         return stored.status.value
     index.set_job_state(job_id, "running")
     index.set_action_state(job_id, action_index, "running")
+    reused = _finished_elsewhere(settings, index, job, plan, action_index, registry)
+    if reused is not None:
+        result, source = reused
+        logger.info(
+            "job %s action %d (%s): the result of job %s reused (same series, parameters and engine)",
+            job_id,
+            action_index,
+            action.API_name,
+            source,
+        )
+        _save_result(result, _results_path(settings, job_id, action_index))
+        _record_action_state(index, job_id, action_index, result)
+        return result.status.value
     try:
         volume = load_job_volume(index, job)
         prior = [_prior_result(settings, job_id, number) for number in range(action_index)]
@@ -396,6 +409,75 @@ def run_action(
             result.error,
         )
     return result.status.value
+
+
+def _finished_elsewhere(
+    settings: Settings, index: Index, job: Any, plan: Plan, action_index: int, registry: ToolRegistry
+) -> tuple[ToolResult, str] | None:
+    """A successful result of the same action in another job on the same series, and that job's id.
+
+    Only for a tool whose card is ``reusable`` (its result depends on the series and the parameters
+    alone), with parameters that name no other action's result, from a job planned after the series last
+    changed, made by the engine the tool would use now. A question about a study that was routed (or
+    asked about) before gets the finished segmentation at once instead of a second run.
+    """
+    action = plan.actions[action_index]
+    try:
+        name = registry.canonical_name(action.API_name)
+        tool = registry.get(name)
+    except PlanError:  # an unknown tool: running it reports that
+        return None
+    if not tool.card.reusable or _names_a_result(action.API_params):
+        return None
+    engines = _engines_that_may_run(tool)
+    rows = index.instances_of_series(job["series_instance_uid"])
+    if not engines or not rows:
+        return None
+    changed = max(row["received_at"] for row in rows)
+    for other in index.jobs_of_study(job["study_instance_uid"]):
+        if (
+            other["job_id"] == job["job_id"]
+            or other["series_instance_uid"] != job["series_instance_uid"]
+            or other["created_at"] < changed
+        ):
+            continue
+        for number, candidate in enumerate(Plan.from_json(other["plan"]).actions):
+            if candidate.API_params != action.API_params:
+                continue
+            try:
+                if registry.canonical_name(candidate.API_name) != name:
+                    continue
+                result = _prior_result(settings, other["job_id"], number)
+            except (PlanError, OSError, ValueError, KeyError):  # a tool gone, a result that does not read
+                continue
+            if result is not None and result.status is ToolStatus.OK and result.engine in engines:
+                return result, str(other["job_id"])
+    return None
+
+
+def _engines_that_may_run(tool: Any) -> set[str]:
+    """The ready engines of ``tool`` that it would choose for some input: the first ready one, and those
+    after it as long as every ready engine before them is classical (a classical engine declines the
+    inputs it does not know, e.g. the CT grounding a radiograph, and the next one runs)."""
+    names: set[str] = set()
+    for engine in tool.engines():
+        if not engine.ready:
+            continue
+        names.add(engine.name)
+        if engine.kind is not EngineKind.CLASSICAL:
+            break
+    return names
+
+
+def _names_a_result(value: Any) -> bool:
+    """Whether a parameter value holds a ``"$N.name"`` reference to another action's result."""
+    if isinstance(value, str):
+        return REFERENCE.match(value) is not None
+    if isinstance(value, dict):
+        return any(_names_a_result(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_names_a_result(item) for item in value)
+    return False
 
 
 def _run_tool(

@@ -246,6 +246,9 @@ class ToolCard:
     outputs: tuple[str, ...]
     queue: Queue = Queue.CPU
     aliases: tuple[str, ...] = ()
+    #: the result depends only on the series and the action's parameters (not on the instruction or on other
+    #: actions' results): a run finished on the same series with the same parameters may be reused
+    reusable: bool = False
 
 
 class EngineKind(str, Enum):

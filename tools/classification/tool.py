@@ -86,6 +86,7 @@ class ClassificationTool(Tool):
         parameters=PARAMETERS,
         outputs=("labels",),
         queue=Queue.GPU,
+        reusable=True,
         aliases=("biomedclip",),
     )
 

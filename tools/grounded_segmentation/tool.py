@@ -28,6 +28,7 @@ class GroundedSegmentationTool(Tool):
         outputs=("masks", "boxes", "measurements"),
         queue=SegmentationTool.card.queue,
         aliases=("grounding dino + medsam", "groundingdino + medsam", "grounded sam"),
+        reusable=True,
     )
 
     def __init__(self, models: ModelsSection | None = None) -> None:

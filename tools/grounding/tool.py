@@ -160,6 +160,7 @@ class GroundingTool(Tool):
         outputs=("boxes",),
         queue=Queue.CPU,
         aliases=("grounding dino",),
+        reusable=True,
     )
 
     def _engines(self) -> list[_Engine]:

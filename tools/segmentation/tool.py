@@ -217,6 +217,7 @@ class SegmentationTool(Tool):
         outputs=("masks", "measurements"),
         queue=Queue.GPU,
         aliases=("medsam",),
+        reusable=True,
     )
 
     def __init__(self, models: ModelsSection | None = None) -> None:

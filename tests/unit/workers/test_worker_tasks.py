@@ -275,3 +275,67 @@ def test_medagent_worker_refuses_an_embedded_config_and_unknown_queues(tmp_path:
     )
     assert medagent(["worker", "--config", str(redis_mode), "--queues", "cpu,tpu"]) == 2
     assert "--queues 'cpu,tpu' must name cpu, gpu or both" in capsys.readouterr().err
+
+
+def _job_like(index: Index, job_id: str, template: str, actions: list[dict]) -> None:
+    """Another job on the series of job ``template`` (as a question asked about the study makes)."""
+    job = index.job(template)
+    index.create_job(
+        job_id=job_id,
+        study_instance_uid=job["study_instance_uid"],
+        series_instance_uid=job["series_instance_uid"],
+        route=None,
+        instruction="what kind of image is this?",
+        destinations=[],
+        plan={"thoughts": "test", "actions": actions, "value": "test"},
+    )
+
+
+def test_a_finished_action_on_the_same_series_is_reused_until_the_series_changes(node, caplog) -> None:
+    settings, index, registry = node
+    classification = registry.get("classification")
+    results = Path(settings.node.storage) / "results"
+    assert pipeline.run_action(settings, index, "job", 1, registry) == "ok"  # the routed job
+    assert classification.runs == 1
+
+    _job_like(index, "asked", "job", [{"API_name": "classification", "API_params": {}}])
+    with caplog.at_level("INFO", logger="dicom_node.pipeline"):
+        assert pipeline.run_action(settings, index, "asked", 0, registry) == "ok"
+    assert classification.runs == 1  # not run again: the routed job's result is reused
+    assert "the result of job job reused" in caplog.text
+    reused, original = (
+        ToolResult.load(results / "asked" / "action0"),
+        ToolResult.load(results / "job" / "action1"),
+    )
+    assert reused.labels == original.labels and reused.engine == original.engine
+    (action,) = index.actions("asked")
+    assert action["state"] == "ok" and action["engine"] == original.engine
+
+    # other parameters: run
+    _job_like(index, "top", "job", [{"API_name": "classification", "API_params": {"top_k": 1}}])
+    assert pipeline.run_action(settings, index, "top", 0, registry) == "ok"
+    assert classification.runs == 2
+
+    # the series changed after those jobs were planned (here: its instance came again, a new version)
+    time.sleep(0.01)
+    (row,) = index.instances_of_series(index.job("job")["series_instance_uid"])
+    index.record_instance(
+        **{key: row[key] for key in ("sop_instance_uid", "sop_class_uid", "study_instance_uid")},
+        **{key: row[key] for key in ("series_instance_uid", "modality", "path", "size", "association_id")},
+        calling_ae_title="STORESCU",
+        attributes=json.loads(row["attributes"]),
+        route=None,
+        quiet_seconds=1,
+    )
+    _job_like(index, "later", "job", [{"API_name": "classification", "API_params": {}}])
+    assert pipeline.run_action(settings, index, "later", 0, registry) == "ok"
+    assert classification.runs == 3
+
+
+def test_a_tool_whose_card_is_not_reusable_always_runs(node) -> None:
+    settings, index, registry = node
+    raising = registry.get("raising")
+    assert pipeline.run_action(settings, index, "job", 0, registry) == "failed"
+    _job_like(index, "again", "job", [{"API_name": "raising", "API_params": {}}])
+    assert pipeline.run_action(settings, index, "again", 0, registry) == "failed"
+    assert raising.runs == 2 and not RaisingTool.card.reusable and ClassificationTool.card.reusable
