@@ -3,7 +3,7 @@
     medagent planner generate-data --out DIR [--train 4800 --val 100 --test 400 --seed 0]
     medagent planner train --out DIR [--rank 128 --alpha 256 --lr 2e-4 --steps N | --epochs 1 ...]
     medagent planner eval FILE.jsonl [--planner llm|rules] [--adapter DIR] [--tool SPEC.json] [--json]
-    medagent planner add-tool --tool SPEC.json --adapter DIR --out DIR [--steps 150] [--evaluate OLD.jsonl]
+    medagent planner add-tool --tool SPEC.json --adapter DIR --out DIR [--steps 80 --lr 5e-5] [--evaluate OLD.jsonl]
 
 ``train`` generates its data (``agent_core.planner.data``, seeded by ``--seed``) unless ``--data`` names a
 JSONL of conversations, trains a LoRA adapter into ``--out`` (resuming a checkpoint there) and writes the
@@ -99,13 +99,14 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
     )
     add_tool.add_argument("--out", type=Path, required=True, help="folder for the new adapter")
     add_tool.add_argument("--new-examples", type=int, default=400, help="training requests for the new tool")
-    add_tool.add_argument("--replay", type=int, default=800, help="replayed requests for the old tools")
+    add_tool.add_argument("--replay", type=int, default=1600, help="replayed requests for the old tools")
     add_tool.add_argument(
         "--evaluate", type=Path, default=None, metavar="OLD.jsonl", help="old requests to score before/after"
     )
     add_tool.add_argument("--eval-limit", type=int, default=None, help="only the first N old requests")
     add_tool.add_argument("--seed", type=int, default=0)
-    _training_arguments(add_tool, steps_default=150, with_rank=False)
+    # 80 steps at 5e-5 with 1,600 replayed requests kept the old tools' selection (MODEL_CARD.md)
+    _training_arguments(add_tool, steps_default=80, with_rank=False, lr_default=5e-5)
     config_argument(add_tool)
     add_tool.set_defaults(handler=_add_tool)
 
@@ -119,14 +120,19 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _training_arguments(
-    parser: argparse.ArgumentParser, steps_default: int | None, with_rank: bool = True
+    parser: argparse.ArgumentParser,
+    steps_default: int | None,
+    with_rank: bool = True,
+    lr_default: float = 2e-4,
 ) -> None:
     if with_rank:
         parser.add_argument("--rank", type=int, default=128, help="LoRA rank (MMedAgent: 128)")
         parser.add_argument("--alpha", type=int, default=256, help="LoRA alpha (MMedAgent: 256)")
         parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (0 is faster on CPU)")
         parser.add_argument("--target-modules", default="all-linear", help="peft target_modules")
-    parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine, MMedAgent: 2e-4)")
+    parser.add_argument(
+        "--lr", type=float, default=lr_default, help="peak learning rate (cosine; MMedAgent trains at 2e-4)"
+    )
     parser.add_argument("--warmup-ratio", type=float, default=0.03)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument(
