@@ -10,7 +10,9 @@ question becomes a job in the index like a routed one (its plan, each action's s
 destinations; a running node sends them.
 
 The same question about the same instances (and destinations) is the same job: asked again, the stored
-results are reused when every action finished, so the answer comes back at once.
+results are reused when every action finished, so the answer comes back at once. An action another job
+finished on the same series with the same parameters (the routed job's segmentation) is reused too
+(``pipeline.run_action``).
 """
 
 from __future__ import annotations
