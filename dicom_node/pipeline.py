@@ -427,19 +427,22 @@ def _finished_elsewhere(
         tool = registry.get(name)
     except PlanError:  # an unknown tool: running it reports that
         return None
-    if not tool.card.reusable or _names_a_result(action.API_params):
+    if not tool.card.reusable or action.references():
+        return None
+    others = [
+        other
+        for other in index.jobs_of_study(job["study_instance_uid"])
+        if other["job_id"] != job["job_id"] and other["series_instance_uid"] == job["series_instance_uid"]
+    ]
+    if not others:  # the common case, a study's only job: nothing more to read
         return None
     engines = _engines_that_may_run(tool)
     rows = index.instances_of_series(job["series_instance_uid"])
     if not engines or not rows:
         return None
     changed = max(row["received_at"] for row in rows)
-    for other in index.jobs_of_study(job["study_instance_uid"]):
-        if (
-            other["job_id"] == job["job_id"]
-            or other["series_instance_uid"] != job["series_instance_uid"]
-            or other["created_at"] < changed
-        ):
+    for other in others:
+        if other["created_at"] < changed:
             continue
         for number, candidate in enumerate(Plan.from_json(other["plan"]).actions):
             if candidate.API_params != action.API_params:
@@ -467,17 +470,6 @@ def _engines_that_may_run(tool: Any) -> set[str]:
         if engine.kind is not EngineKind.CLASSICAL:
             break
     return names
-
-
-def _names_a_result(value: Any) -> bool:
-    """Whether a parameter value holds a ``"$N.name"`` reference to another action's result."""
-    if isinstance(value, str):
-        return REFERENCE.match(value) is not None
-    if isinstance(value, dict):
-        return any(_names_a_result(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_names_a_result(item) for item in value)
-    return False
 
 
 def _run_tool(
