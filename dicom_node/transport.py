@@ -11,7 +11,20 @@ waiting:
 - the DUL thread waits in ``select`` on the socket and on a wake-up pipe that ``send_pdu`` writes to, so
   it reads a PDU as soon as it arrives and sends a response as soon as it is queued;
 - the association thread blocks on the DIMSE message queue instead of polling it;
-- the socket reads a PDU with ``recv_into`` into one buffer instead of 4 KiB ``recv`` calls.
+- the socket reads a PDU with ``recv_into`` into one buffer instead of 4 KiB ``recv`` calls;
+- C-STORE requests take a short path (``_StoreReceiver``): the DUL thread reads their P-DATA-TF PDUs
+  itself, gathers the data set into one buffer, calls the ``EVT_C_STORE`` handler and sends the response.
+
+The short path exists because pynetdicom's own path costs about 5 ms per 0.5 MB instance on 2 cores,
+before the node does any work of its own (DCMTK storescp needs 1.6 ms in all): every PDU is copied three
+times and decoded into objects, each message crosses to the association thread through two queues, and
+the command set of each response is written by pydicom. Everything that is not a C-STORE request on a
+storage context this association accepted (C-ECHO, storage commitment, a command split over several
+PDVs, a request on an unknown context) still goes through pynetdicom unchanged, as do association
+negotiation, release and abort. What the short path checks, and how it answers, follows pynetdicom's
+Storage SCP: the handler gets the same event (``request``, a ``C_STORE`` primitive whose ``DataSet`` is
+a ``BytesIO``, and ``context``), an exception in it is answered 0xC211, and a status data set's Error
+Comment and Offending Element go into the response.
 
 Timers (ARTIM, the idle timeout) are still checked at least every ``_TICK`` seconds.
 """
@@ -24,16 +37,25 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 from copy import deepcopy
+from dataclasses import dataclass, field
 from datetime import datetime
+from io import BytesIO
 from typing import Any
 
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -65,6 +87,183 @@ class _Socket(AssociationSocket):
         return buffer
 
 
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+_P_DATA_TF = 0x04
+_COMMAND, _LAST = 0x01, 0x02  # bits of a PDV's message control header
+_C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
+_NO_DATA_SET = 0x0101
+_HANDLER_FAILED = 0xC211  # pynetdicom's status when the EVT_C_STORE handler raises
+
+
+def _pdvs(body: bytearray) -> list[tuple[int, int, memoryview]] | None:
+    """The PDVs of a P-DATA-TF PDU's body: (context ID, message control header, fragment); None if malformed."""
+    view = memoryview(body)
+    items = []
+    offset = 0
+    while offset < len(view):
+        if offset + 6 > len(view):
+            return None
+        (length,) = struct.unpack_from(">L", view, offset)
+        if length < 2 or offset + 4 + length > len(view):
+            return None
+        items.append((view[offset + 4], view[offset + 5], view[offset + 6 : offset + 4 + length]))
+        offset += 4 + length
+    return items or None
+
+
+def _command_set(data: memoryview) -> dict[int, bytes] | None:
+    """A command set's elements (implicit VR little endian, group 0000) by element number; None if malformed."""
+    elements = {}
+    offset = 0
+    while offset < len(data):
+        if offset + 8 > len(data):
+            return None
+        group, element, length = struct.unpack_from("<HHL", data, offset)
+        offset += 8
+        if group != 0 or offset + length > len(data):
+            return None
+        elements[element] = bytes(data[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _text(value: bytes) -> str:
+    return value.rstrip(b"\0 ").decode("ascii")
+
+
+def _unsigned_short(value: bytes) -> int:
+    (number,) = struct.unpack("<H", value)
+    return int(number)
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HHL", 0, element, len(value)) + value
+
+
+def _store_response(context_id: int, response: C_STORE) -> bytes:
+    """The P-DATA-TF PDU of a C-STORE-RSP: one PDV holding the whole command set."""
+    elements = [
+        _command_element(0x0002, str(response.AffectedSOPClassUID).encode("ascii")),
+        _command_element(0x0100, struct.pack("<H", _C_STORE_RSP)),
+        _command_element(0x0120, struct.pack("<H", response.MessageIDBeingRespondedTo)),
+        _command_element(0x0800, struct.pack("<H", _NO_DATA_SET)),
+        _command_element(0x0900, struct.pack("<H", response.Status)),
+    ]
+    if response.OffendingElement:
+        offending = response.OffendingElement
+        offending = offending if isinstance(offending, (list, tuple)) else [offending]
+        tags = b"".join(struct.pack("<HH", tag.group, tag.element) for tag in map(Tag, offending))
+        elements.append(_command_element(0x0901, tags))
+    if response.ErrorComment:
+        comment = response.ErrorComment.encode("ascii", "replace")
+        elements.append(_command_element(0x0902, comment + b" " * (len(comment) % 2)))
+    elements.append(_command_element(0x1000, str(response.AffectedSOPInstanceUID).encode("ascii")))
+    body = b"".join(elements)
+    command = _command_element(0x0000, struct.pack("<L", len(body))) + body
+    item = struct.pack(">LBB", len(command) + 2, context_id, _COMMAND | _LAST) + command
+    return struct.pack(">BBL", _P_DATA_TF, 0, len(item)) + item
+
+
+@dataclass
+class _Store:
+    """A C-STORE request being received on the short path."""
+
+    context_id: int
+    request: C_STORE
+    data_set: BytesIO = field(default_factory=BytesIO)
+
+
+class _StoreReceiver:
+    """The short path for C-STORE requests (see the module's docstring), run in the DUL thread."""
+
+    def __init__(self, dul: DULServiceProvider) -> None:
+        self.dul = dul
+        self.assoc = dul.assoc
+        self.store: _Store | None = None
+
+    def take(self, body: bytearray) -> bool:
+        """Handle a P-DATA-TF PDU's PDVs: C-STORE requests here, the rest by pynetdicom's DIMSE.
+
+        False, with nothing done, when the PDU is malformed: pynetdicom then decodes it and answers as it
+        does for any bad PDU.
+        """
+        pdvs = _pdvs(body)
+        if pdvs is None:
+            return False
+        for context_id, control, fragment in pdvs:
+            if self.store is not None:
+                if control & _COMMAND or context_id != self.store.context_id:
+                    logger.warning("a PDV of another message within a C-STORE data set: aborting")
+                    self.store = None
+                    self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
+                    return True
+                self.store.data_set.write(fragment)
+                if control & _LAST:
+                    store, self.store = self.store, None
+                    self._answer(store)
+                continue
+            if self.assoc.dimse.message is None and control == _COMMAND | _LAST:
+                self.store = self._start(context_id, fragment)
+                if self.store is not None:
+                    continue
+            primitive = P_DATA()
+            primitive.presentation_data_value_list = [[context_id, bytes([control]) + bytes(fragment)]]
+            self.assoc.dimse.receive_primitive(primitive)
+        return True
+
+    def _start(self, context_id: int, fragment: memoryview) -> _Store | None:
+        """A new C-STORE request on the short path; None when pynetdicom should take the message."""
+        elements = _command_set(fragment)
+        if elements is None or any(
+            element not in elements for element in (0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000)
+        ):
+            return None
+        try:
+            if _unsigned_short(elements[0x0100]) != _C_STORE_RQ:
+                return None
+            if _unsigned_short(elements[0x0800]) == _NO_DATA_SET:
+                return None
+            context = self.assoc._accepted_cx.get(context_id)
+            sop_class_uid = _text(elements[0x0002])
+            if context is None or uid_to_service_class(sop_class_uid) is not StorageServiceClass:
+                return None
+            request = C_STORE()
+            request.MessageID = _unsigned_short(elements[0x0110])
+            request.AffectedSOPClassUID = sop_class_uid
+            request.AffectedSOPInstanceUID = _text(elements[0x1000])
+            request.Priority = _unsigned_short(elements[0x0700])
+            if 0x1030 in elements:
+                request.MoveOriginatorApplicationEntityTitle = _text(elements[0x1030])
+            if 0x1031 in elements:
+                request.MoveOriginatorMessageID = _unsigned_short(elements[0x1031])
+        except (ValueError, TypeError, struct.error, UnicodeDecodeError):
+            return None  # pynetdicom decodes it and answers as it does
+        return _Store(context_id, request)
+
+    def _answer(self, store: _Store) -> None:
+        """Run the ``EVT_C_STORE`` handler and send its status, as pynetdicom's Storage SCP does."""
+        request = store.request
+        request.DataSet = store.data_set
+        context = self.assoc._accepted_cx[store.context_id]
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        try:
+            status: int | Dataset = evt.trigger(
+                self.assoc, evt.EVT_C_STORE, {"request": request, "context": context.as_tuple}
+            )
+        except Exception:
+            logger.exception("exception in the handler bound to evt.EVT_C_STORE")
+            status = _HANDLER_FAILED
+        if not self.assoc.is_established:  # the handler released or aborted the association
+            return
+        response = StorageServiceClass(self.assoc).validate_status(status, response)
+        self.dul.socket.send(_store_response(store.context_id, response))  # type: ignore[union-attr]
+
+
 class _DUL(DULServiceProvider):
     """The DUL reactor, waiting in ``select`` instead of sleeping between checks."""
 
@@ -77,6 +276,7 @@ class _DUL(DULServiceProvider):
         # to a descriptor number the process has since given to another file
         self._wake_lock = threading.Lock()
         self._wake_open = True
+        self._stores = _StoreReceiver(self)
 
     def _wake(self) -> None:
         with self._wake_lock:
@@ -123,6 +323,44 @@ class _DUL(DULServiceProvider):
                     pass
             except (BlockingIOError, OSError):
                 pass
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU: P-DATA-TF on an established association to ``_StoreReceiver``, the rest as pynetdicom.
+
+        The events follow pynetdicom's: Evt17 when the connection closes within a PDU, Evt19 for an unknown
+        PDU type or one that does not decode.
+        """
+        sock = self.socket
+        assert sock is not None
+        try:
+            header = sock.recv(6)
+            pdu_type, _, length = struct.unpack(">BBL", header)
+        except (OSError, TimeoutError, struct.error):
+            self.event_queue.put("Evt17")  # the connection closed
+            return
+        if pdu_type not in _PDU_TYPES:
+            logging.getLogger("pynetdicom").error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = sock.recv(length)
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            logging.getLogger("pynetdicom").error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == _P_DATA_TF and self.state_machine.current_state == "Sta6" and self._stores.take(body):
+            return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception:
+            logging.getLogger("pynetdicom").exception("Unable to decode the received PDU data")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def run_reactor(self) -> None:
         """pynetdicom's DUL loop (one primitive sent or one PDU read per turn, then one event run)."""

@@ -1,0 +1,172 @@
+"""The event-driven acceptor's short C-STORE path (``dicom_node.transport``) against pynetdicom's own SCU.
+
+A bare AE (no node) listens with ``start_server``; its ``EVT_C_STORE`` handler records what it was given.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_dataset
+from pydicom.tag import Tag
+from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from dicom_node.transport import _store_response, start_server
+from tests.helpers.peers import shared_data, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class Acceptor:
+    """A listening AE whose C-STORE handler is ``self.answer`` and which keeps each request it got."""
+
+    def __init__(self) -> None:
+        #: SOP Instance UID, data set bytes, whether the handler ran on the DUL thread
+        self.received: list[tuple[str, bytes, bool]] = []
+        self.answer: Callable[[evt.Event], Any] = lambda event: 0x0000
+        ae = AE(ae_title="ACCEPTOR")
+        ae.maximum_pdu_size = 16384  # a CT slice arrives in about 32 P-DATA-TF PDUs
+        ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.add_supported_context(Verification)
+        self.ae = ae
+        self.server = start_server(ae, ("127.0.0.1", 0), [(evt.EVT_C_STORE, self._store)])
+        self.port = self.server.server_address[1]
+
+    def _store(self, event: evt.Event) -> Any:
+        on_dul_thread = threading.current_thread() is event.assoc.dul
+        self.received.append(
+            (str(event.request.AffectedSOPInstanceUID), event.request.DataSet.getvalue(), on_dul_thread)
+        )
+        return self.answer(event)
+
+
+@pytest.fixture
+def acceptor() -> Iterator[Acceptor]:
+    peer = Acceptor()
+    yield peer
+    peer.ae.shutdown()
+
+
+def associate(port: int) -> Any:
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ACCEPTOR")
+    assert assoc.is_established
+    return assoc
+
+
+def encoded(dataset: Dataset, implicit: bool = False) -> bytes:
+    """``dataset`` as a data set in little endian, explicit VR unless ``implicit``."""
+    buffer = pydicom.filebase.DicomFileLike(BytesIO())
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+    write_dataset(buffer, dataset)
+    return buffer.parent.getvalue()
+
+
+def test_a_ct_slice_in_many_pdus_reaches_the_handler_whole_and_echo_still_works(acceptor) -> None:
+    path = sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[0]
+    dataset = pydicom.dcmread(path)
+    assoc = associate(acceptor.port)
+    try:
+        assert assoc.send_c_echo().Status == 0x0000  # pynetdicom's own path, on the same association
+        status = assoc.send_c_store(dataset)
+        assert status.Status == 0x0000
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    ((uid, data, on_dul_thread),) = acceptor.received
+    assert uid == dataset.SOPInstanceUID
+    assert len(data) > 10 * 16384 and data == encoded(dataset)  # byte for byte, across all the PDUs
+    assert on_dul_thread  # the short path ran it, not pynetdicom's association thread
+
+
+def test_a_failure_status_keeps_its_error_comment_and_offending_element(acceptor) -> None:
+    def refuse(event: evt.Event) -> Dataset:
+        status = Dataset()
+        status.Status = 0xA900
+        status.ErrorComment = "SOP Instance UID differs"
+        status.OffendingElement = [Tag(0x0008, 0x0018)]
+        return status
+
+    acceptor.answer = refuse
+    dataset = pydicom.dcmread(sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[1])
+    assoc = associate(acceptor.port)
+    try:
+        status = assoc.send_c_store(dataset)
+    finally:
+        assoc.release()
+    assert status.Status == 0xA900
+    assert status.ErrorComment == "SOP Instance UID differs"
+    assert Tag(status.OffendingElement) == Tag(0x0008, 0x0018)
+
+
+def test_an_exception_in_the_handler_is_answered_c211_and_the_association_goes_on(acceptor) -> None:
+    def fail(event: evt.Event) -> int:
+        raise RuntimeError("handler bug")
+
+    acceptor.answer = fail
+    files = sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[:2]
+    assoc = associate(acceptor.port)
+    try:
+        first = assoc.send_c_store(pydicom.dcmread(files[0]))
+        acceptor.answer = lambda event: 0x0000
+        second = assoc.send_c_store(pydicom.dcmread(files[1]))
+    finally:
+        assoc.release()
+    assert (first.Status, second.Status) == (0xC211, 0x0000)
+
+
+def test_the_response_is_the_command_set_pynetdicom_writes() -> None:
+    for status, comment in ((0x0000, None), (0xC210, "odd")):
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = 7
+        response.AffectedSOPClassUID = CTImageStorage
+        response.AffectedSOPInstanceUID = "1.2.3.4.5"
+        response.Status = status
+        response.ErrorComment = comment
+        message = C_STORE_RSP()
+        message.primitive_to_message(response)
+        (pdata,) = message.encode_msg(3, 16384)
+        ((context_id, pdv),) = pdata.presentation_data_value_list
+        ours = _store_response(3, response)
+        # P-DATA-TF: type, reserved, length; one PDV: length, context, control header, the command set
+        pdu_type, _, length = struct.unpack(">BBL", ours[:6])
+        item_length, our_context, control = struct.unpack(">LBB", ours[6:12])
+        assert (pdu_type, length, item_length) == (0x04, len(ours) - 6, len(ours) - 10)
+        assert (our_context, control) == (context_id, pdv[0]) == (3, 0x03)
+        assert ours[12:] == pdv[1:]
+
+
+def test_a_command_inside_a_data_set_aborts_the_association(acceptor) -> None:
+    assoc = associate(acceptor.port)
+    context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == CTImageStorage)
+    command = Dataset()
+    command.AffectedSOPClassUID = CTImageStorage
+    command.CommandField = 0x0001
+    command.MessageID = 1
+    command.Priority = 0
+    command.CommandDataSetType = 0x0000
+    command.AffectedSOPInstanceUID = "1.2.3.4.6"
+    command_bytes = encoded(command, implicit=True)
+
+    def pdu(control: int, fragment: bytes) -> bytes:
+        item = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+        return struct.pack(">BBL", 0x04, 0, len(item)) + item
+
+    socket = assoc.dul.socket
+    socket.send(pdu(0x03, command_bytes))  # a C-STORE-RQ, complete
+    socket.send(pdu(0x00, b"\x08\x00\x18\x00"))  # the first fragment of its data set
+    socket.send(pdu(0x03, command_bytes))  # then a new command before the data set ended
+    assert wait_until(lambda: assoc.is_aborted, timeout=10, what="the acceptor to abort")
+    assert acceptor.received == []
