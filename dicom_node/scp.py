@@ -74,7 +74,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification, uid_t
 from config import Settings
 from dicom_node.commitment import handle_event_report as handle_commitment_report
 from dicom_node.errors import InstanceRejected
-from dicom_node.index import INDEX_ERRORS, Index
+from dicom_node.index import INDEX_ERRORS, Index, IndexRow
 from dicom_node.received import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH_SOP_CLASS,
@@ -107,7 +107,7 @@ DATA_SET_TOO_LARGE = 0xA701
 ACCEPTED_TRANSFER_SYNTAXES = tuple(
     uid for uid in ALL_TRANSFER_SYNTAXES if uid not in ("1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205")
 )
-_LOCK_STRIPES = 64
+_LOCK_STRIPES = 1024
 _MAX_REGISTERED_SOP_CLASSES = 10_000
 _registration_lock = threading.Lock()
 _registered_sop_classes: set[str] = set()
@@ -524,29 +524,34 @@ class StorageSCP:
             meta = file_meta_bytes(
                 sop_class_uid, sop_instance_uid, transfer_syntax_uid, event.assoc.requestor.ae_title
             )
-            # beside the checks, in other threads (hashlib and file writes let go of the GIL): the hash,
-            # and the write and fsync of a new instance to spool/.incoming/
-            hashing = self._io.submit(content_hash, data)
-            try:
-                if self.index.instance(sop_instance_uid) is None:
+            # one store at a time per SOP Instance UID (in stripes), from the index read to the answer, so
+            # that a resend on another association finds this one's row
+            with self._instance_locks[hash(sop_instance_uid) % _LOCK_STRIPES]:
+                # beside the checks, in other threads (hashlib and file writes let go of the GIL): the hash,
+                # and the write and fsync of a new instance to spool/.incoming/
+                hashing = self._io.submit(content_hash, data)
+                try:
+                    existing = self.index.instance(sop_instance_uid)
+                except INDEX_ERRORS:
+                    logger.exception("index read failed for %s", sop_instance_uid)
+                    return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
+                if existing is None:
                     staging = self._io.submit(self.spool.stage, (meta, data))
-                    time.sleep(0)  # let the writer take the GIL now: the checks below hold it throughout
-            except INDEX_ERRORS:
-                logger.exception("index read failed for %s", sop_instance_uid)
-                return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
-            try:
-                instance = inspect_received(
-                    data, stream, transfer_syntax_uid, sop_class_uid, sop_instance_uid
+                try:
+                    instance = inspect_received(
+                        data, stream, transfer_syntax_uid, sop_class_uid, sop_instance_uid
+                    )
+                    route = select_route(self.settings.routes, instance.header)
+                except InstanceRejected as rejected:
+                    return self._refuse(event, audit, rejected, data)
+                except Exception as exc:  # a value the routes read does not convert
+                    rejected = InstanceRejected(
+                        CANNOT_UNDERSTAND, f"undecodable value: {type(exc).__name__}: {exc}"
+                    )
+                    return self._refuse(event, audit, rejected, data)
+                return self._spool_and_index(
+                    event, audit, instance, (meta, data), hashing, staging, route, existing
                 )
-                route = select_route(self.settings.routes, instance.header)
-            except InstanceRejected as rejected:
-                return self._refuse(event, audit, rejected, data)
-            except Exception as exc:  # a value the routes read does not convert
-                rejected = InstanceRejected(
-                    CANNOT_UNDERSTAND, f"undecodable value: {type(exc).__name__}: {exc}"
-                )
-                return self._refuse(event, audit, rejected, data)
-            return self._spool_and_index(event, audit, instance, (meta, data), hashing, staging, route)
         finally:
             # the buffer must not be released while it is hashed or written; a staged file that was not
             # moved into place (refused, a resend, a failure) is deleted
@@ -564,93 +569,93 @@ class StorageSCP:
         hashing: Future[str],
         staging: Future[Path] | None,
         route: Any,
+        existing: IndexRow | None,
     ) -> int | Dataset:
         """Store and index an instance that passed the checks: new, an identical resend, or a new version.
 
-        A new instance was staged (written and fsync'ed) while it was checked: it is renamed into place.
+        ``existing`` is the index row under its SOP Instance UID, read under the caller's stripe lock. A
+        new instance was staged (written and fsync'ed) while it was checked: it is renamed into place.
         The fsync of its folder runs while the index row is committed (its own fsync), and both are done
         before Success is answered.
         """
         sop_instance_uid = instance.sop_instance_uid
-        with self._instance_locks[hash(sop_instance_uid) % _LOCK_STRIPES]:
-            try:
-                existing = self.index.instance(sop_instance_uid)
-                if existing is not None and _same_content(existing, instance, hashing.result(), parts):
-                    if Path(existing["path"]).exists():
-                        audit.duplicates += 1
-                        logger.debug("identical resend of %s acknowledged", sop_instance_uid)
-                        return SUCCESS
-                    logger.warning(
-                        "instance %s was indexed but its file was missing: stored again", sop_instance_uid
-                    )
-                    self.spool.store(
-                        instance.study_instance_uid, instance.series_instance_uid, sop_instance_uid, parts
-                    )
+        try:
+            if existing is not None and _same_content(existing, instance, hashing.result(), parts):
+                if Path(existing["path"]).exists():
+                    audit.duplicates += 1
+                    logger.debug("identical resend of %s acknowledged", sop_instance_uid)
                     return SUCCESS
-                if existing is None and staging is not None:
-                    path = self.spool.commit(
-                        staging.result(),
-                        instance.study_instance_uid,
-                        instance.series_instance_uid,
-                        sop_instance_uid,
-                        sync_directory=False,
-                    )
-                elif existing is None:
-                    path = self.spool.store(
-                        instance.study_instance_uid,
-                        instance.series_instance_uid,
-                        sop_instance_uid,
-                        parts,
-                        sync_directory=False,
-                    )
-                else:
-                    path, kept = self.spool.store_version(
-                        instance.study_instance_uid,
-                        instance.series_instance_uid,
-                        sop_instance_uid,
-                        parts,
-                        previous=Path(existing["path"]),
-                        version=int(existing["versions"]),
-                    )
-                    logger.warning(
-                        "instance %s received again with different content: version %d kept as %s, version %d"
-                        " is current",
-                        sop_instance_uid,
-                        existing["versions"],
-                        kept,
-                        existing["versions"] + 1,
-                    )
-            except OSError as exc:
-                return _spool_failed(sop_instance_uid, exc)
-            except INDEX_ERRORS:
-                logger.exception("index read failed for %s", sop_instance_uid)
-                return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
-            directory_synced = self._io.submit(sync_directory, path)
-            try:
-                self.index.record_instance(
-                    sop_instance_uid=sop_instance_uid,
-                    sop_class_uid=instance.sop_class_uid,
-                    study_instance_uid=instance.study_instance_uid,
-                    series_instance_uid=instance.series_instance_uid,
-                    modality=instance.modality,
-                    path=str(path),
-                    size=instance.size,
-                    association_id=audit.association_id,
-                    calling_ae_title=event.assoc.requestor.ae_title,
-                    attributes=instance.attributes,
-                    route=route.name if route else None,
-                    quiet_seconds=route.completion.quiet_seconds if route else 5.0,
-                    content_hash=hashing.result(),
-                    transfer_syntax_uid=instance.transfer_syntax_uid,
+                logger.warning(
+                    "instance %s was indexed but its file was missing: stored again", sop_instance_uid
                 )
-            except INDEX_ERRORS:
-                wait([directory_synced])
-                logger.exception("index write failed for %s", sop_instance_uid)
-                return status_with_comment(OUT_OF_RESOURCES, "could not write the index")
-            try:
-                directory_synced.result()
-            except OSError as exc:
-                return _spool_failed(sop_instance_uid, exc)
+                self.spool.store(
+                    instance.study_instance_uid, instance.series_instance_uid, sop_instance_uid, parts
+                )
+                return SUCCESS
+            if existing is None and staging is not None:
+                path = self.spool.commit(
+                    staging.result(),
+                    instance.study_instance_uid,
+                    instance.series_instance_uid,
+                    sop_instance_uid,
+                    sync_directory=False,
+                )
+            elif existing is None:
+                path = self.spool.store(
+                    instance.study_instance_uid,
+                    instance.series_instance_uid,
+                    sop_instance_uid,
+                    parts,
+                    sync_directory=False,
+                )
+            else:
+                path, kept = self.spool.store_version(
+                    instance.study_instance_uid,
+                    instance.series_instance_uid,
+                    sop_instance_uid,
+                    parts,
+                    previous=Path(existing["path"]),
+                    version=int(existing["versions"]),
+                )
+                logger.warning(
+                    "instance %s received again with different content: version %d kept as %s, version %d"
+                    " is current",
+                    sop_instance_uid,
+                    existing["versions"],
+                    kept,
+                    existing["versions"] + 1,
+                )
+        except OSError as exc:
+            return _spool_failed(sop_instance_uid, exc)
+        except INDEX_ERRORS:
+            logger.exception("index read failed for %s", sop_instance_uid)
+            return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
+        directory_synced = self._io.submit(sync_directory, path)
+        try:
+            self.index.record_instance(
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=instance.sop_class_uid,
+                study_instance_uid=instance.study_instance_uid,
+                series_instance_uid=instance.series_instance_uid,
+                modality=instance.modality,
+                path=str(path),
+                size=instance.size,
+                association_id=audit.association_id,
+                calling_ae_title=event.assoc.requestor.ae_title,
+                attributes=instance.attributes,
+                route=route.name if route else None,
+                quiet_seconds=route.completion.quiet_seconds if route else 5.0,
+                content_hash=hashing.result(),
+                transfer_syntax_uid=instance.transfer_syntax_uid,
+            )
+        except INDEX_ERRORS:
+            wait([directory_synced])
+            logger.exception("index write failed for %s", sop_instance_uid)
+            return status_with_comment(OUT_OF_RESOURCES, "could not write the index")
+        try:
+            directory_synced.result()
+        except OSError as exc:
+            return _spool_failed(sop_instance_uid, exc)
         logger.debug("stored %s in study %s", sop_instance_uid, instance.study_instance_uid)
         return SUCCESS
 
