@@ -10,8 +10,9 @@ Instance UIDs (so that every instance is new to every receiver) and sent by one 
   SQLite (synchronous=FULL) before each Success;
 - ``storescp -od``: DCMTK's reference SCP, writes each file without fsync;
 - Orthanc with its default ``SyncStorageArea: true`` and a 128 KiB maximum PDU;
-- for reference, pynetdicom alone: an SCP that answers Success at once and stores nothing, the floor
-  under the node's own work (checks, fsync'ed spool file, index row);
+- for reference, pynetdicom alone: an SCP that answers Success at once and stores nothing; and the same
+  SCP on the node's acceptor (``dicom_node.transport``: event-driven, C-STORE requests on its short
+  path), the floor under the node's own work (checks, fsync'ed spool file, index row);
 - for reference, the disk alone: each file written to a new file, fsync'ed, and its folder fsync'ed, one
   after the other, with no network and no DICOM: the floor that durable storage puts under any receiver
   that answers only once an instance is on disk (storescp does not wait for the disk).
@@ -219,7 +220,7 @@ RECEIVERS: dict[str, Callable[[Path, list[Path]], float]] = {
     "Orthanc 1.10 (SyncStorageArea)": run_orthanc,
     "MedAgent node (fsync + index)": run_node,
     "pynetdicom alone (stores nothing)": run_bare_pynetdicom,
-    "same, event-driven acceptor": lambda folder, files: run_bare_pynetdicom(
+    "same, the node's acceptor": lambda folder, files: run_bare_pynetdicom(
         folder, files, _BARE_EVENT_DRIVEN
     ),
     "disk alone (write + fsync, no net)": run_disk_alone,
