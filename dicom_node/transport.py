@@ -204,7 +204,9 @@ class _StoreReceiver:
                     store, self.store = self.store, None
                     self._answer(store)
                 continue
-            if self.assoc.dimse.message is None and control == _COMMAND | _LAST:
+            # until the association thread has run EVT_ACCEPTED's handlers and marked the association
+            # established, a request waits in pynetdicom's queue like any other
+            if self.assoc.is_established and self.assoc.dimse.message is None and control == _COMMAND | _LAST:
                 self.store = self._start(context_id, fragment)
                 if self.store is not None:
                     continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any
@@ -39,8 +40,14 @@ class Acceptor:
         ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         ae.add_supported_context(Verification)
         self.ae = ae
-        self.server = start_server(ae, ("127.0.0.1", 0), [(evt.EVT_C_STORE, self._store)])
+        #: seconds the EVT_ACCEPTED handler takes (the node writes its audit row there)
+        self.accepting_seconds = 0.0
+        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
+        self.server = start_server(ae, ("127.0.0.1", 0), handlers)
         self.port = self.server.server_address[1]
+
+    def _accepted(self, event: evt.Event) -> None:
+        time.sleep(self.accepting_seconds)
 
     def _store(self, event: evt.Event) -> Any:
         on_dul_thread = threading.current_thread() is event.assoc.dul
@@ -59,6 +66,7 @@ def acceptor() -> Iterator[Acceptor]:
 
 def associate(port: int) -> Any:
     ae = AE(ae_title="SENDER")
+    ae.dimse_timeout = 10
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="ACCEPTOR")
@@ -89,6 +97,20 @@ def test_a_ct_slice_in_many_pdus_reaches_the_handler_whole_and_echo_still_works(
     assert uid == dataset.SOPInstanceUID
     assert len(data) > 10 * 16384 and data == encoded(dataset)  # byte for byte, across all the PDUs
     assert on_dul_thread  # the short path ran it, not pynetdicom's association thread
+
+
+def test_a_request_sent_while_the_acceptor_still_runs_its_accepted_handlers_is_answered(acceptor) -> None:
+    # the peer has the A-ASSOCIATE-AC and sends at once; the acceptor's association thread is still in
+    # EVT_ACCEPTED: the request must wait for it, not be handled (and its answer dropped) before
+    acceptor.accepting_seconds = 1.0
+    dataset = pydicom.dcmread(sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[2])
+    assoc = associate(acceptor.port)
+    try:
+        status = assoc.send_c_store(dataset)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    assert [uid for uid, _, _ in acceptor.received] == [dataset.SOPInstanceUID]
 
 
 def test_a_failure_status_keeps_its_error_comment_and_offending_element(acceptor) -> None:
