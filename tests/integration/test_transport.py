@@ -74,6 +74,19 @@ def associate(port: int) -> Any:
     return assoc
 
 
+def ct_slice(number: int) -> Dataset:
+    return pydicom.dcmread(sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[number])
+
+
+def store_one(port: int, dataset: Dataset) -> Dataset:
+    """The status of one C-STORE of ``dataset`` on an association of its own."""
+    assoc = associate(port)
+    try:
+        return assoc.send_c_store(dataset)
+    finally:
+        assoc.release()
+
+
 def encoded(dataset: Dataset, implicit: bool = False) -> bytes:
     """``dataset`` as a data set in little endian, explicit VR unless ``implicit``."""
     buffer = pydicom.filebase.DicomFileLike(BytesIO())
@@ -83,8 +96,7 @@ def encoded(dataset: Dataset, implicit: bool = False) -> bytes:
 
 
 def test_a_ct_slice_in_many_pdus_reaches_the_handler_whole_and_echo_still_works(acceptor) -> None:
-    path = sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[0]
-    dataset = pydicom.dcmread(path)
+    dataset = ct_slice(0)
     assoc = associate(acceptor.port)
     try:
         assert assoc.send_c_echo().Status == 0x0000  # pynetdicom's own path, on the same association
@@ -103,12 +115,8 @@ def test_a_request_sent_while_the_acceptor_still_runs_its_accepted_handlers_is_a
     # the peer has the A-ASSOCIATE-AC and sends at once; the acceptor's association thread is still in
     # EVT_ACCEPTED: the request must wait for it, not be handled (and its answer dropped) before
     acceptor.accepting_seconds = 1.0
-    dataset = pydicom.dcmread(sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[2])
-    assoc = associate(acceptor.port)
-    try:
-        status = assoc.send_c_store(dataset)
-    finally:
-        assoc.release()
+    dataset = ct_slice(2)
+    status = store_one(acceptor.port, dataset)
     assert status.Status == 0x0000
     assert [uid for uid, _, _ in acceptor.received] == [dataset.SOPInstanceUID]
 
@@ -122,12 +130,7 @@ def test_a_failure_status_keeps_its_error_comment_and_offending_element(acceptor
         return status
 
     acceptor.answer = refuse
-    dataset = pydicom.dcmread(sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[1])
-    assoc = associate(acceptor.port)
-    try:
-        status = assoc.send_c_store(dataset)
-    finally:
-        assoc.release()
+    status = store_one(acceptor.port, ct_slice(1))
     assert status.Status == 0xA900
     assert status.ErrorComment == "SOP Instance UID differs"
     assert Tag(status.OffendingElement) == Tag(0x0008, 0x0018)
@@ -138,12 +141,11 @@ def test_an_exception_in_the_handler_is_answered_c211_and_the_association_goes_o
         raise RuntimeError("handler bug")
 
     acceptor.answer = fail
-    files = sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))[:2]
     assoc = associate(acceptor.port)
     try:
-        first = assoc.send_c_store(pydicom.dcmread(files[0]))
+        first = assoc.send_c_store(ct_slice(0))
         acceptor.answer = lambda event: 0x0000
-        second = assoc.send_c_store(pydicom.dcmread(files[1]))
+        second = assoc.send_c_store(ct_slice(1))
     finally:
         assoc.release()
     assert (first.Status, second.Status) == (0xC211, 0x0000)
