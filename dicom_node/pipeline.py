@@ -45,7 +45,7 @@ from dicom_node.load import Volume, load_volume, read_series
 from dicom_node.routing import route_matches
 from dicom_node.spool import sync_directory, write_durably
 from dicom_node.tracker import instances_digest
-from tools.base import EngineKind, ToolInput, ToolResult, ToolStatus
+from tools.base import ToolInput, ToolResult, ToolStatus
 
 logger = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ def _finished_elsewhere(
     ]
     if not others:  # the common case, a study's only job: nothing more to read
         return None
-    engines = _engines_that_may_run(tool)
+    engines = tool.engines_that_may_run()
     rows = index.instances_of_series(job["series_instance_uid"])
     if not engines or not rows:
         return None
@@ -456,20 +456,6 @@ def _finished_elsewhere(
             if result is not None and result.status is ToolStatus.OK and result.engine in engines:
                 return result, str(other["job_id"])
     return None
-
-
-def _engines_that_may_run(tool: Any) -> set[str]:
-    """The ready engines of ``tool`` that it would choose for some input: the first ready one, and those
-    after it as long as every ready engine before them is classical (a classical engine declines the
-    inputs it does not know, e.g. the CT grounding a radiograph, and the next one runs)."""
-    names: set[str] = set()
-    for engine in tool.engines():
-        if not engine.ready:
-            continue
-        names.add(engine.name)
-        if engine.kind is not EngineKind.CLASSICAL:
-            break
-    return names
 
 
 def _run_tool(

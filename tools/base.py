@@ -284,6 +284,22 @@ class Tool:
         """Every engine of this tool, in the order ``run`` prefers them."""
         return [EngineStatus(self.card.name, EngineKind.CLASSICAL, True, "ready")]
 
+    def engines_that_may_run(self) -> set[str]:
+        """The names of the ready engines that ``run`` would choose for some input.
+
+        The first ready engine, and those after it as long as every ready engine before them is
+        classical: a classical engine declines the inputs it does not know (the CT grounding a
+        radiograph) and the next one runs.
+        """
+        names: set[str] = set()
+        for engine in self.engines():
+            if not engine.ready:
+                continue
+            names.add(engine.name)
+            if engine.kind is not EngineKind.CLASSICAL:
+                break
+        return names
+
     def readiness(self) -> tuple[bool, str]:
         """``(ready, reason)``: the first engine that can run here, or why none can."""
         engines = self.engines()

@@ -50,6 +50,15 @@ class GroundedSegmentationTool(Tool):
             for segmentation in self.segmentation.engines()
         ]
 
+    def engines_that_may_run(self) -> set[str]:
+        """Every grounding engine that may find the boxes with every segmentation engine that may fill them
+        (``engines()`` names only the first ready grounding engine's pairs)."""
+        return {
+            f"{grounding} + {segmentation}"
+            for grounding in self.grounding.engines_that_may_run()
+            for segmentation in self.segmentation.engines_that_may_run()
+        }
+
     def load(self) -> None:
         self.grounding.load()
         self.segmentation.load()

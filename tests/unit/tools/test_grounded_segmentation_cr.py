@@ -70,3 +70,16 @@ def test_a_click_in_a_lung_field_segments_that_lung_field(chest_cr, segmented) -
     print(f"Dice of the clicked right lung field against the box-prompted one: {overlap:.3f}")
     assert clicked[y, x] and overlap >= 0.8
     assert not (clicked & segmented.masks["left lung"][0]).any()
+
+
+def test_the_engine_that_ran_on_the_radiograph_is_one_that_may_run(segmented) -> None:
+    # a job's finished action is reused only when its engine is one the tool may still run: the radiograph
+    # grounding runs when the CT one (listed first) declines, so its pairs must be among them
+    tool = GroundedSegmentationTool()
+    may_run = tool.engines_that_may_run()
+    assert segmented.engine in may_run
+    assert {name.split(" + ")[0] for name in may_run} >= {
+        "CT Hounsfield anatomy",
+        "Chest radiograph lung fields",
+    }
+    assert segmented.engine not in {engine.name for engine in tool.engines()}  # what the listing alone missed
