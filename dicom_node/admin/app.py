@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from config import ConfigError, Destination, Route, Source
 from dicom_node.admin import schemas, views
@@ -58,6 +59,16 @@ def _unprocessable(errors: list[tuple[str, str]], where: str = "body") -> JSONRe
         for field, message in errors
     ]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _sent_fields(body: BaseModel) -> dict[str, Any]:
+    """The fields a request body set, as JSON values; those it left out keep the configuration's defaults."""
+    return body.model_dump(mode="json", exclude_unset=True)
+
+
+def _png_response(png: bytes) -> Response:
+    """A PNG of patient images, which browsers and proxies must not keep."""
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 def _source_entry(source: Source) -> schemas.SourceEntry:
@@ -190,9 +201,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
         body: Source, position: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None
     ) -> schemas.SourceEntry:
         """Allow a calling AE title (optionally from one host only); the SCP accepts it at once."""
-        return _source_entry(
-            store.create("sources", body.model_dump(mode="json", exclude_unset=True), position)
-        )
+        return _source_entry(store.create("sources", _sent_fields(body), position))
 
     @api.get(
         "/config/sources/{source_id:path}",
@@ -211,9 +220,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
     )
     def put_source(source_id: str, body: Source) -> schemas.SourceEntry:
         """Replace a source; its id changes with its AE title or host (409 if taken)."""
-        return _source_entry(
-            store.replace("sources", source_id, body.model_dump(mode="json", exclude_unset=True))
-        )
+        return _source_entry(store.replace("sources", source_id, _sent_fields(body)))
 
     @api.delete("/config/sources/{source_id:path}", status_code=204, tags=["config"], responses=_NOT_FOUND)
     def delete_source(source_id: str) -> Response:
@@ -236,7 +243,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
     )
     def create_destination(body: Destination) -> Destination:
         """Add a peer that receives results; test it with ``GET /config/destinations/{name}/cecho``."""
-        return store.create("destinations", body.model_dump(mode="json", exclude_unset=True))
+        return store.create("destinations", _sent_fields(body))
 
     @api.get(
         "/config/destinations/{name:path}/cecho",
@@ -265,7 +272,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
     )
     def put_destination(name: str, body: Destination) -> Destination:
         """Replace a destination (its ``name`` must stay); the outbox uses it from its next try."""
-        return store.replace("destinations", name, body.model_dump(mode="json", exclude_unset=True))
+        return store.replace("destinations", name, _sent_fields(body))
 
     @api.delete(
         "/config/destinations/{name:path}",
@@ -292,7 +299,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
         ] = None,
     ) -> Route:
         """Add a routing rule; studies that arrive from now on are matched against it (first match wins)."""
-        return store.create("routes", body.model_dump(mode="json", exclude_unset=True), position)
+        return store.create("routes", _sent_fields(body), position)
 
     @api.get("/config/routes/{name:path}", response_model=Route, tags=["config"], responses=_NOT_FOUND)
     def get_route(name: str) -> Route:
@@ -301,7 +308,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
     @api.put("/config/routes/{name:path}", response_model=Route, tags=["config"], responses=_NOT_FOUND)
     def put_route(name: str, body: Route) -> Route:
         """Replace a route (its ``name`` must stay) at its place in the list."""
-        return store.replace("routes", name, body.model_dump(mode="json", exclude_unset=True))
+        return store.replace("routes", name, _sent_fields(body))
 
     @api.delete("/config/routes/{name:path}", status_code=204, tags=["config"], responses=_NOT_FOUND)
     def delete_route(name: str) -> Response:
@@ -459,7 +466,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
         """A frame of the job's series as PNG, windowed as the key image is, with the job's masks and boxes
         drawn over it as on the key image (SC); ``overlay=false``: the same frame without them."""
         png = pictures.job(job_id).frame_png(frame, overlay)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+        return _png_response(png)
 
     @api.get(
         "/jobs/{job_id}/key-images/{sop_instance_uid}",
@@ -472,7 +479,7 @@ def create_app(node: "Node", store: ConfigStore, token: str) -> FastAPI:
         if node.index.job(job_id) is None:
             raise EntityNotFound("job", job_id)
         png = key_image_png(node.index, job_id, sop_instance_uid)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+        return _png_response(png)
 
     @api.get("/associations", response_model=schemas.AssociationList, tags=["node"])
     def list_associations(

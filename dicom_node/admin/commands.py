@@ -49,8 +49,18 @@ def _store(arguments: argparse.Namespace) -> ConfigStore:
     return ConfigStore(arguments.config)
 
 
-def _saved(store: ConfigStore) -> None:
+def _saved(store: ConfigStore, change: str) -> int:
+    """Print ``change`` and where ``store`` saved it; the exit status, 0."""
+    print(change)
     print(f"saved to {store.path}; a node running with this file applies it within a second")
+    return 0
+
+
+def _remove(arguments: argparse.Namespace, kind: str, key: str, noun: str) -> int:
+    """Remove the entry ``key`` of ``kind`` (``sources``, ``destinations``, ``routes``) from ``--config``."""
+    store = _store(arguments)
+    store.delete(kind, key)
+    return _saved(store, f"{noun} {key} removed")
 
 
 def _print_json(value: Any) -> None:
@@ -85,18 +95,12 @@ def _ae_add(arguments: argparse.Namespace) -> int:
     if arguments.host:
         data["host"] = arguments.host
     source = store.create("sources", data)
-    print(f"source {source_id(source)} added")
-    _saved(store)
-    return 0
+    return _saved(store, f"source {source_id(source)} added")
 
 
 def _ae_remove(arguments: argparse.Namespace) -> int:
-    store = _store(arguments)
     key = arguments.ae_title if not arguments.host else f"{arguments.ae_title}@{arguments.host}"
-    store.delete("sources", key)
-    print(f"source {key} removed")
-    _saved(store)
-    return 0
+    return _remove(arguments, "sources", key, "source")
 
 
 # -- destinations -----------------------------------------------------------------------------------------
@@ -125,17 +129,14 @@ def _destinations_add(arguments: argparse.Namespace) -> int:
     if arguments.storage_commitment:
         data["storage_commitment"] = True
     store.create("destinations", data)
-    print(f"destination {arguments.name} added; test it with: medagent destinations echo {arguments.name}")
-    _saved(store)
-    return 0
+    return _saved(
+        store,
+        f"destination {arguments.name} added; test it with: medagent destinations echo {arguments.name}",
+    )
 
 
 def _destinations_remove(arguments: argparse.Namespace) -> int:
-    store = _store(arguments)
-    store.delete("destinations", arguments.name)
-    print(f"destination {arguments.name} removed")
-    _saved(store)
-    return 0
+    return _remove(arguments, "destinations", arguments.name, "destination")
 
 
 def _destinations_echo(arguments: argparse.Namespace) -> int:
@@ -184,17 +185,11 @@ def _routes_add(arguments: argparse.Namespace) -> int:
         data["completion"] = {"quiet_seconds": arguments.quiet_seconds}
     store = _store(arguments)
     store.create("routes", data, arguments.position)
-    print(f"route {arguments.name} added")
-    _saved(store)
-    return 0
+    return _saved(store, f"route {arguments.name} added")
 
 
 def _routes_remove(arguments: argparse.Namespace) -> int:
-    store = _store(arguments)
-    store.delete("routes", arguments.name)
-    print(f"route {arguments.name} removed")
-    _saved(store)
-    return 0
+    return _remove(arguments, "routes", arguments.name, "route")
 
 
 # -- jobs and questions -----------------------------------------------------------------------------------
@@ -328,34 +323,37 @@ def _ask(arguments: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------------------
 
 
-def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument(
+def _command(
+    commands: Any, name: str, help: str, handler: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``, which takes ``--config`` and runs ``handler`` (errors as exit statuses)."""
+    command = commands.add_parser(name, help=help)
+    command.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help=f"node configuration (default {DEFAULT_CONFIG})"
     )
-    return parser
+    command.set_defaults(handler=_guarded(handler))
+    return command
+
+
+def _list_command(commands: Any, help: str, handler: Callable[[argparse.Namespace], int]) -> None:
+    """Add a ``list`` subcommand with ``--json``."""
+    _command(commands, "list", help, handler).add_argument("--json", action="store_true")
 
 
 def add_admin_commands(commands: Any) -> None:
     """Add ``ae``, ``destinations``, ``routes``, ``jobs`` and ``ask`` to the ``medagent`` subparsers."""
     ae = commands.add_parser("ae", help="the node's AE title and the source AE titles allowed to send")
     ae_commands = ae.add_subparsers(dest="ae_command", required=True)
-    listing = _with_config(
-        ae_commands.add_parser("list", help="the node's AE and the allowed source AE titles")
-    )
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=_guarded(_ae_list))
+    _list_command(ae_commands, "the node's AE and the allowed source AE titles", _ae_list)
     for name, handler, verb in (("add", _ae_add, "allow"), ("remove", _ae_remove, "stop accepting")):
-        command = _with_config(ae_commands.add_parser(name, help=f"{verb} a calling AE title (a source)"))
+        command = _command(ae_commands, name, f"{verb} a calling AE title (a source)", handler)
         command.add_argument("ae_title", metavar="AE_TITLE")
         command.add_argument("--host", help="only from this address or host name")
-        command.set_defaults(handler=_guarded(handler))
 
     destinations = commands.add_parser("destinations", help="peers that receive the node's results")
     destination_commands = destinations.add_subparsers(dest="destinations_command", required=True)
-    listing = _with_config(destination_commands.add_parser("list", help="configured destinations"))
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=_guarded(_destinations_list))
-    add = _with_config(destination_commands.add_parser("add", help="add a destination (C-STORE peer)"))
+    _list_command(destination_commands, "configured destinations", _destinations_list)
+    add = _command(destination_commands, "add", "add a destination (C-STORE peer)", _destinations_add)
     add.add_argument("name", metavar="NAME")
     add.add_argument("--ae-title", required=True, help="the peer's AE title")
     add.add_argument("--host", required=True)
@@ -364,25 +362,20 @@ def add_admin_commands(commands: Any) -> None:
         "--transfer-syntax", action="append", metavar="UID", help="an accepted transfer syntax (repeat)"
     )
     add.add_argument("--storage-commitment", action="store_true", help="ask the peer to commit (N-ACTION)")
-    add.set_defaults(handler=_guarded(_destinations_add))
-    remove = _with_config(destination_commands.add_parser("remove", help="remove a destination"))
+    remove = _command(destination_commands, "remove", "remove a destination", _destinations_remove)
     remove.add_argument("name", metavar="NAME")
-    remove.set_defaults(handler=_guarded(_destinations_remove))
-    echo = _with_config(
-        destination_commands.add_parser("echo", help="C-ECHO a destination (exit 1 if it fails)")
+    echo = _command(
+        destination_commands, "echo", "C-ECHO a destination (exit 1 if it fails)", _destinations_echo
     )
     echo.add_argument("name", metavar="NAME")
     echo.add_argument("--json", action="store_true")
-    echo.set_defaults(handler=_guarded(_destinations_echo))
 
     routes = commands.add_parser(
         "routes", help="routing rules: which studies get which instruction, sent where"
     )
     route_commands = routes.add_subparsers(dest="routes_command", required=True)
-    listing = _with_config(route_commands.add_parser("list", help="routes in the order they are tried"))
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=_guarded(_routes_list))
-    add = _with_config(route_commands.add_parser("add", help="add a route"))
+    _list_command(route_commands, "routes in the order they are tried", _routes_list)
+    add = _command(route_commands, "add", "add a route", _routes_add)
     add.add_argument("name", metavar="NAME")
     add.add_argument(
         "--match",
@@ -396,22 +389,17 @@ def add_admin_commands(commands: Any) -> None:
     add.add_argument(
         "--quiet-seconds", type=float, help="complete a study after this long without new instances"
     )
-    add.set_defaults(handler=_guarded(_routes_add))
-    remove = _with_config(route_commands.add_parser("remove", help="remove a route"))
+    remove = _command(route_commands, "remove", "remove a route", _routes_remove)
     remove.add_argument("name", metavar="NAME")
-    remove.set_defaults(handler=_guarded(_routes_remove))
 
-    jobs = _with_config(commands.add_parser("jobs", help="jobs, newest first; with JOB_ID, one job in full"))
+    jobs = _command(commands, "jobs", "jobs, newest first; with JOB_ID, one job in full", _jobs)
     jobs.add_argument("job_id", metavar="JOB_ID", nargs="?")
     jobs.add_argument("--state", choices=("queued", "running", "done", "failed"))
     jobs.add_argument("--study", metavar="STUDY_UID")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--json", action="store_true")
-    jobs.set_defaults(handler=_guarded(_jobs))
 
-    ask = _with_config(
-        commands.add_parser("ask", help="ask the agent a question about a study and print the answer")
-    )
+    ask = _command(commands, "ask", "ask the agent a question about a study and print the answer", _ask)
     ask.add_argument("study_instance_uid", metavar="STUDY_UID")
     ask.add_argument("question", metavar="QUESTION")
     ask.add_argument("--series", metavar="SERIES_UID", help="default: the study's largest image series")
@@ -423,4 +411,3 @@ def add_admin_commands(commands: Any) -> None:
     )
     ask.add_argument("--json", action="store_true")
     ask.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ask.set_defaults(handler=_guarded(_ask))

@@ -30,11 +30,11 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-import yaml
 from PIL import Image
 
 from config import load_settings
 from tests.console.browser import ConsoleBrowser
+from tests.helpers.admin_node import admin_node
 from tests.helpers.peers import Orthanc, free_port, run_dcmtk, shared_data, wait_until
 
 pytestmark = pytest.mark.integration
@@ -76,40 +76,19 @@ class Console:
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    from dicom_node.node import Node
-
     folder = tmp_path_factory.mktemp("console")
     artifacts = artifacts_folder()
     shutil.rmtree(artifacts, ignore_errors=True)
     orthanc = Orthanc(folder / "orthanc", ae_title="ORTHANC").start()
-    config = {
-        "node": {
-            "ae_title": "MEDAGENT",
-            "port": free_port(),
-            "bind": "127.0.0.1",
-            "storage": str(folder / "var"),
-        },
-        "sources": [{"ae_title": "STORESCU"}],
-        "destinations": [],
-        "routes": [],
-        "delivery": {"retry_initial_seconds": 0.5, "retry_max_seconds": 2, "timeout_seconds": 30},
-        "models": {"device": "cpu"},
-        "admin": {"bind": "127.0.0.1", "port": 0, "token": TOKEN},
-    }
-    path = folder / "node.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    node = Node(load_settings(path, environ={}), poll_seconds=0.2, config_file=path)
-    node.start()
-    origin = f"http://127.0.0.1:{node.admin.port}"
-    client = httpx.Client(base_url=origin, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-    browser = ConsoleBrowser(origin, artifacts)
     try:
-        yield Console(node, client, orthanc, browser, path)
+        with admin_node(folder, TOKEN, delivery_timeout_seconds=30, client_timeout_seconds=60) as running:
+            browser = ConsoleBrowser(f"http://127.0.0.1:{running.node.admin.port}", artifacts)
+            try:
+                yield Console(running.node, running.client, orthanc, browser, running.config_file)
+            finally:
+                browser.close()
+                print(f"console test artifacts: {artifacts}")
     finally:
-        browser.close()
-        print(f"console test artifacts: {artifacts}")
-        client.close()
-        node.stop()
         orthanc.stop()
 
 

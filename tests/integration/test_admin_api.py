@@ -13,39 +13,23 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pydicom
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from config import load_settings
 from dicom_node.admin.service import AdminService
+from tests.helpers.admin_node import AdminNode, admin_node
 from tests.helpers.peers import free_port, run_dcmtk, shared_data, wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "admin-api-test-token-7f3a9c"
 WRONG_TOKEN = "admin-api-wrong-token-000000"
 MODALITY_QUESTION = "What is the modality of this image?"
-
-
-@dataclass
-class Admin:
-    node: Any
-    client: httpx.Client
-    config_file: Path
-
-    def settings(self):
-        return load_settings(self.config_file, environ={})
-
-    def dicom_port(self) -> int:
-        return self.node.scp.port
 
 
 class PeerSCP:
@@ -70,38 +54,15 @@ class PeerSCP:
 
 
 @pytest.fixture(scope="module")
-def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
-    from dicom_node.node import Node
-
-    folder = tmp_path_factory.mktemp("admin-api")
-    config = {
-        "node": {
-            "ae_title": "MEDAGENT",
-            "port": free_port(),
-            "bind": "127.0.0.1",
-            "storage": str(folder / "var"),
-        },
-        "sources": [{"ae_title": "STORESCU"}],
-        "destinations": [],
-        "routes": [],
-        "delivery": {"retry_initial_seconds": 0.5, "retry_max_seconds": 2, "timeout_seconds": 10},
-        "models": {"device": "cpu"},
-        "admin": {"bind": "127.0.0.1", "port": 0, "token": TOKEN},
-    }
-    path = folder / "node.yaml"
-    path.write_text("# written by the admin API test\n" + yaml.safe_dump(config, sort_keys=False))
-    node = Node(load_settings(path, environ={}), poll_seconds=0.2, config_file=path)
-    node.start()
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{node.admin.port}",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=120,
-    )
-    try:
-        yield Admin(node, client, path)
-    finally:
-        client.close()
-        node.stop()
+def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminNode]:
+    with admin_node(
+        tmp_path_factory.mktemp("admin-api"),
+        TOKEN,
+        delivery_timeout_seconds=10,
+        client_timeout_seconds=120,
+        comment="written by the admin API test",
+    ) as running:
+        yield running
 
 
 @pytest.fixture
@@ -114,9 +75,20 @@ def peer() -> Iterator[PeerSCP]:
 
 
 @pytest.fixture(scope="module")
-def chest_ct(admin: Admin) -> str:
+def chest_ct(admin: AdminNode) -> str:
     """The chest CT of ../shared/data sent to the node by DCMTK storescu; its Study Instance UID."""
     files = sorted(shared_data("ct_chest_lidc0314").glob("*.dcm"))
+    study_instance_uid = storescu(admin.dicom_port(), files)
+    wait_until(
+        lambda: len(admin.node.index.instances_of_study(study_instance_uid)) == len(files),
+        30,
+        what="the CT indexed",
+    )
+    return study_instance_uid
+
+
+def storescu(port: int, files: list[Path]) -> str:
+    """Send ``files`` (one study) to the node from STORESCU with DCMTK storescu; their Study Instance UID."""
     sent = run_dcmtk(
         "storescu",
         "-aet",
@@ -124,17 +96,11 @@ def chest_ct(admin: Admin) -> str:
         "-aec",
         "MEDAGENT",
         "127.0.0.1",
-        str(admin.dicom_port()),
+        str(port),
         *map(str, files),
     )
     assert sent.returncode == 0, sent.stderr
-    study_instance_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    wait_until(
-        lambda: len(admin.node.index.instances_of_study(study_instance_uid)) == len(files),
-        30,
-        what="the CT indexed",
-    )
-    return study_instance_uid
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
 
 def echoscu(port: int, calling: str = "STORESCU", called: str = "MEDAGENT") -> bool:
@@ -181,7 +147,7 @@ PROTECTED = [
 ]
 
 
-def test_health_needs_no_token_and_every_other_route_does(admin: Admin) -> None:
+def test_health_needs_no_token_and_every_other_route_does(admin: AdminNode) -> None:
     anonymous = httpx.Client(base_url=str(admin.client.base_url), timeout=30)
     health = anonymous.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["scp_listening"]
@@ -194,7 +160,7 @@ def test_health_needs_no_token_and_every_other_route_does(admin: Admin) -> None:
     assert admin.settings().sources[0].ae_title == "STORESCU"  # nothing changed by the refused requests
 
 
-def test_tokens_are_never_logged(admin: Admin, caplog: pytest.LogCaptureFixture) -> None:
+def test_tokens_are_never_logged(admin: AdminNode, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         admin.client.get("/config/ae")
         admin.client.get("/config/sources", headers={"Authorization": f"Bearer {WRONG_TOKEN}"})
@@ -239,7 +205,7 @@ def test_an_admin_port_in_use_stops_the_start(tmp_path: Path) -> None:
 # -- configuration ------------------------------------------------------------------------------------------
 
 
-def test_sources_crud_takes_effect_without_restart_and_is_persisted(admin: Admin) -> None:
+def test_sources_crud_takes_effect_without_restart_and_is_persisted(admin: AdminNode) -> None:
     port = admin.dicom_port()
     assert not echoscu(port, calling="NEWSRC")
     created = admin.client.post("/config/sources", json={"ae_title": "NEWSRC"})
@@ -278,7 +244,7 @@ def test_sources_crud_takes_effect_without_restart_and_is_persisted(admin: Admin
     assert all(item["outcome"] == "rejected" for item in rejected.json()["associations"])
 
 
-def test_destinations_crud_and_cecho_against_a_real_peer(admin: Admin, peer: PeerSCP) -> None:
+def test_destinations_crud_and_cecho_against_a_real_peer(admin: AdminNode, peer: PeerSCP) -> None:
     body = {"name": "peer-pacs", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port}
     assert admin.client.post("/config/destinations", json=body).status_code == 201
     assert admin.client.post("/config/destinations", json=body).status_code == 409
@@ -310,7 +276,7 @@ def test_destinations_crud_and_cecho_against_a_real_peer(admin: Admin, peer: Pee
     assert admin.settings().destinations == []
 
 
-def test_routes_crud_routing_and_process_now_without_restart(admin: Admin) -> None:
+def test_routes_crud_routing_and_process_now_without_restart(admin: AdminNode) -> None:
     peer_body = {"name": "route-pacs", "ae_title": "PEER", "host": "127.0.0.1", "port": free_port()}
     assert admin.client.post("/config/destinations", json=peer_body).status_code == 201
     route = {
@@ -345,18 +311,7 @@ def test_routes_crud_routing_and_process_now_without_restart(admin: Admin) -> No
     assert [r.name for r in admin.settings().routes] == ["mr-api"]
 
     files = sorted(shared_data("mr_brain_t1_sag_siemens").glob("*.dcm"))[1:4]
-    sent = run_dcmtk(
-        "storescu",
-        "-aet",
-        "STORESCU",
-        "-aec",
-        "MEDAGENT",
-        "127.0.0.1",
-        str(admin.dicom_port()),
-        *map(str, files),
-    )
-    assert sent.returncode == 0, sent.stderr
-    study_instance_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    study_instance_uid = storescu(admin.dicom_port(), files)
     study = admin.client.get(f"/studies/{study_instance_uid}").json()
     assert study["route"] == "mr-api" and study["state"] == "receiving"  # the SCP routed with the new rule
     assert study["series"][0]["attributes"]["Modality"] == "MR"
@@ -396,7 +351,7 @@ def test_routes_crud_routing_and_process_now_without_restart(admin: Admin) -> No
     assert admin.client.get("/config/routes/mr-api").status_code == 404
 
 
-def test_node_ae_title_and_port_change_while_running(admin: Admin) -> None:
+def test_node_ae_title_and_port_change_while_running(admin: AdminNode) -> None:
     old_port = admin.dicom_port()
     assert admin.client.get("/config/ae").json() == {
         "ae_title": "MEDAGENT",
@@ -433,7 +388,7 @@ def test_node_ae_title_and_port_change_while_running(admin: Admin) -> None:
     assert echoscu(old_port)
 
 
-def test_cli_changes_reach_the_running_node_through_its_file(admin: Admin) -> None:
+def test_cli_changes_reach_the_running_node_through_its_file(admin: AdminNode) -> None:
     from dicom_node.cli import main
 
     port = admin.dicom_port()
@@ -450,7 +405,7 @@ def test_cli_changes_reach_the_running_node_through_its_file(admin: Admin) -> No
 
 
 def test_ask_on_the_chest_ct_answers_and_sends_the_answer_sr(
-    admin: Admin, chest_ct: str, peer: PeerSCP
+    admin: AdminNode, chest_ct: str, peer: PeerSCP
 ) -> None:
     body = {"name": "ask-pacs", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port}
     assert admin.client.post("/config/destinations", json=body).status_code == 201
@@ -519,7 +474,7 @@ def test_ask_on_the_chest_ct_answers_and_sends_the_answer_sr(
         admin.client.delete("/config/destinations/ask-pacs")
 
 
-def test_metrics_and_the_association_log(admin: Admin, chest_ct: str) -> None:
+def test_metrics_and_the_association_log(admin: AdminNode, chest_ct: str) -> None:
     text = admin.client.get("/metrics")
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
     samples = {
@@ -538,7 +493,7 @@ def test_metrics_and_the_association_log(admin: Admin, chest_ct: str) -> None:
     assert study["instances"] == 55 and study["series"][0]["instances"] == 55
 
 
-def test_concurrent_changes_are_all_kept(admin: Admin) -> None:
+def test_concurrent_changes_are_all_kept(admin: AdminNode) -> None:
     errors: list[str] = []
 
     def add(prefix: str) -> None:
