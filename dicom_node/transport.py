@@ -15,13 +15,14 @@ waiting:
 - C-STORE requests take a short path (``_StoreReceiver``): the DUL thread reads their P-DATA-TF PDUs
   itself, gathers the data set into one buffer, calls the ``EVT_C_STORE`` handler and sends the response.
 
-The short path exists because pynetdicom's own path costs about 5 ms per 0.5 MB instance on 2 cores,
+The short path exists because pynetdicom's own path costs 5-6 ms per 0.5 MB instance on 2 cores,
 before the node does any work of its own (DCMTK storescp needs 1.6 ms in all): every PDU is copied three
 times and decoded into objects, each message crosses to the association thread through two queues, and
 the command set of each response is written by pydicom. Everything that is not a C-STORE request on a
 storage context this association accepted (C-ECHO, storage commitment, a command split over several
-PDVs, a request on an unknown context) still goes through pynetdicom unchanged, as do association
-negotiation, release and abort. What the short path checks, and how it answers, follows pynetdicom's
+PDVs, a request on an unknown context, a request that arrives while the association thread still runs
+the EVT_ACCEPTED handlers) still goes through pynetdicom unchanged, as do association negotiation,
+release and abort. What the short path checks, and how it answers, follows pynetdicom's
 Storage SCP: the handler gets the same event (``request``, a ``C_STORE`` primitive whose ``DataSet`` is
 a ``BytesIO``, and ``context``), an exception in it is answered 0xC211, and a status data set's Error
 Comment and Offending Element go into the response.
