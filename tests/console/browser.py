@@ -1,4 +1,5 @@
-"""Python side of ``tests/console/driver.mjs``: start it, send page commands, keep every browser event."""
+"""Python side of ``tests/console/driver.mjs``: page commands, and the events a working console must not
+produce; starting the driver and keeping its events is ``tests.helpers.browser_driver``."""
 
 from __future__ import annotations
 
@@ -6,94 +7,46 @@ import base64
 import io
 import json
 import logging
-import shutil
-import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from tests.ohif.browser import chromium_binary
+from tests.helpers.browser_driver import BrowserDriver, BrowserError
 
 logger = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-DRIVER = HERE / "driver.mjs"
+DRIVER = Path(__file__).resolve().parent / "driver.mjs"
 
 
-class BrowserError(RuntimeError):
-    """A driver command failed; ``screenshot`` is the page at that moment (or None)."""
-
-    def __init__(self, command: str, error: str, screenshot: str | None) -> None:
-        super().__init__(f"console driver command {command!r} failed: {error} (screenshot: {screenshot})")
-        self.command = command
-        self.screenshot = screenshot
-
-
-def playwright_installed() -> bool:
-    return (HERE / "node_modules" / "playwright-core" / "package.json").exists()
-
-
-class ConsoleBrowser:
+class ConsoleBrowser(BrowserDriver):
     """One headless chromium on the console at ``origin``; ``events`` holds what the page reported (console
     messages, page errors, failed requests, HTTP errors, requests off the origin), each with its command."""
 
-    def __init__(self, origin: str, artifacts: Path) -> None:
-        node = shutil.which("node")
-        if node is None:
-            raise RuntimeError("Node.js is not installed (it runs tests/console/driver.mjs)")
-        if not playwright_installed():
-            raise RuntimeError("playwright-core is missing: run 'npm ci' in tests/console (make setup does)")
-        artifacts.mkdir(parents=True, exist_ok=True)
-        self.artifacts = artifacts
-        self.events: list[dict[str, Any]] = []
-        self.screenshots: list[str] = []
-        options = {"origin": origin, "artifacts": str(artifacts), "chromium": chromium_binary()}
-        self._stderr_lines: list[str] = []
-        self._process = subprocess.Popen(
-            [node, str(DRIVER), json.dumps(options)],
-            cwd=HERE,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+    driver_name = "console"
 
-    def _drain_stderr(self) -> None:
-        assert self._process.stderr is not None
-        for line in self._process.stderr:
-            self._stderr_lines.append(line.rstrip())
-            logger.info("driver stderr: %s", line.rstrip())
+    def __init__(self, origin: str, artifacts: Path) -> None:
+        super().__init__(DRIVER, artifacts, {"origin": origin})
+        self.screenshots: list[str] = []
+
+    def _log_event(self, event: dict[str, Any]) -> None:
+        level = (
+            logging.WARNING if event["kind"] != "console" or event.get("type") == "error" else logging.INFO
+        )
+        logger.log(level, "browser %s during %s: %s", event["kind"], event["during"], event)
 
     def command(self, cmd: str, **arguments: Any) -> Any:
         """Run one driver command and return its result; ``BrowserError`` when it fails."""
-        if self._process.poll() is not None:
-            raise RuntimeError(f"the console driver exited: {self._stderr_lines[-20:]}")
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(json.dumps({"cmd": cmd, **arguments}) + "\n")
-        self._process.stdin.flush()
-        line = self._process.stdout.readline()
-        if not line:
-            self._process.wait(timeout=10)
-            raise RuntimeError(f"the console driver exited during {cmd!r}: {self._stderr_lines[-20:]}")
-        answer = json.loads(line)
-        for event in answer.get("events", []):
-            event["during"] = cmd
-            self.events.append(event)
-            level = (
-                logging.WARNING
-                if event["kind"] != "console" or event.get("type") == "error"
-                else logging.INFO
-            )
-            logger.log(level, "browser %s during %s: %s", event["kind"], cmd, event)
+        answer = self._exchange(cmd, arguments)
         if not answer["ok"]:
             if answer.get("screenshot"):
                 self.screenshots.append(answer["screenshot"])
-            raise BrowserError(cmd, answer["error"], answer.get("screenshot"))
+            raise BrowserError(
+                f"console driver command {cmd!r} failed: {answer['error']} (screenshot: {answer.get('screenshot')})",
+                cmd,
+                answer.get("screenshot"),
+            )
         return answer.get("result")  # JSON has no undefined: a command that returns nothing has no key
 
     # -- the commands -------------------------------------------------------------------------------------
@@ -155,22 +108,5 @@ class ConsoleBrowser:
         return found
 
     def close(self) -> None:
-        if self._process.poll() is None:
-            try:
-                self.command("close")
-            except (RuntimeError, OSError, ValueError):
-                pass
-            if self._process.stdin is not None:
-                self._process.stdin.close()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        super().close()
         (self.artifacts / "browser-events.json").write_text(json.dumps(self.events, indent=1))
-
-    def __enter__(self) -> ConsoleBrowser:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -2,76 +2,27 @@
 // plain page commands: go to a URL, fill, click, wait for a selector or a condition, read text, evaluate,
 // read a canvas as PNG, screenshot.
 //
-// Protocol (as tests/ohif/driver.mjs): one JSON command per line on stdin, one JSON answer per line on stdout:
-//   {"cmd": "...", ...}  ->  {"ok": true, "result": ..., "events": [...], "ms": 123}
-//                           {"ok": false, "error": "...", "screenshot": "...", "events": [...], "ms": 123}
-// "events" are what the page did since the previous answer: console messages, page errors, failed requests,
-// HTTP answers >= 400, requests to anything but the console's origin.
+// Protocol, page events, browser launch and command loop: tests/helpers/browser_driver.mjs (shared with
+// tests/ohif/driver.mjs); "events" name requests to anything but the console's origin as "external".
 //
 // Start: node driver.mjs '{"origin": "http://127.0.0.1:PORT", "artifacts": "/dir", "chromium": "/path"}'
 
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { chromium } from 'playwright-core';
+import * as browserDriver from '../helpers/browser_driver.mjs';
 
 const options = JSON.parse(process.argv[2]);
 const origin = new URL(options.origin).origin;
-const started = Date.now();
-const seconds = () => +((Date.now() - started) / 1000).toFixed(2);
+const events = browserDriver.eventLog();
 
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-default-apps',
-  '--disable-extensions',
-  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-];
-
-const events = [];
-function record(kind, detail) {
-  events.push({ t: seconds(), kind, ...detail });
-}
-
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'console-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
+const { context, page, userDataDir } = await browserDriver.launchChromium(chromium, {
   executablePath: options.chromium,
-  headless: true,
-  args: CHROMIUM_FLAGS,
+  args: browserDriver.OFFLINE_CHROMIUM_FLAGS,
   viewport: { width: options.width || 1440, height: options.height || 1000 },
-  deviceScaleFactor: 1,
-  acceptDownloads: false,
-  serviceWorkers: 'block',
+  profilePrefix: 'console-chromium-',
+  defaultTimeout: 30000,
 });
-context.setDefaultTimeout(30000);
-const page = context.pages()[0] || (await context.newPage());
-
-page.on('console', message => {
-  record('console', { type: message.type(), text: message.text().slice(0, 2000), url: message.location()?.url });
-});
-page.on('pageerror', error => record('pageerror', { text: String(error?.stack || error).slice(0, 4000) }));
-page.on('crash', () => record('crash', { text: 'the page crashed' }));
-page.on('request', request => {
-  const url = request.url();
-  if (!url.startsWith(origin) && !url.startsWith('data:') && !url.startsWith('blob:')) {
-    record('external', { url, method: request.method() });
-  }
-});
-page.on('requestfailed', request => {
-  record('requestfailed', { url: request.url(), error: request.failure()?.errorText });
-});
-page.on('response', response => {
-  if (response.status() >= 400) {
-    record('http', { url: response.url(), status: response.status() });
-  }
-});
+browserDriver.recordPageEvents(page, origin, events.record);
 
 // A function's source called with a JSON argument, as an expression: playwright evaluates a string as an
 // expression (a function's source would be a function value, always truthy, never called).
@@ -135,42 +86,6 @@ const commands = {
   async screenshot({ name, fullPage = true }) {
     return { screenshot: await screenshot(name, fullPage) };
   },
-  async close() {
-    return {};
-  },
 };
 
-const lines = readline.createInterface({ input: process.stdin });
-for await (const line of lines) {
-  if (!line.trim()) {
-    continue;
-  }
-  const command = JSON.parse(line);
-  const begun = Date.now();
-  let answer;
-  try {
-    const handler = commands[command.cmd];
-    if (!handler) {
-      throw new Error(`unknown command ${command.cmd}`);
-    }
-    answer = { ok: true, result: await handler(command) };
-  } catch (error) {
-    let shot = null;
-    try {
-      shot = await screenshot(`error-${command.cmd}-${Date.now()}`);
-    } catch {
-      // the page may be gone
-    }
-    answer = { ok: false, error: String(error?.stack || error), screenshot: shot };
-  }
-  answer.ms = Date.now() - begun;
-  answer.events = events.splice(0);
-  process.stdout.write(JSON.stringify(answer) + '\n');
-  if (command.cmd === 'close') {
-    break;
-  }
-}
-lines.close();
-await context.close();
-fs.rmSync(userDataDir, { recursive: true, force: true });
-process.exit(0);
+await browserDriver.serveCommands(commands, { events, screenshot, context, userDataDir });

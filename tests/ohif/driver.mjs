@@ -2,91 +2,48 @@
 // a radiologist uses it: study list -> viewer, double-click a series in the study browser, answer the SEG
 // prompt, open the segmentation panel, step through SR measurements.
 //
-// Protocol: one JSON command per line on stdin, one JSON answer per line on stdout:
-//   {"cmd": "...", ...}  ->  {"ok": true, "result": {...}, "events": [...], "ms": 123}
-//                           {"ok": false, "error": "...", "screenshot": "...", "events": [...], "ms": 123}
-// "events" are what the page did since the previous answer: console messages, page errors, failed and
-// refused requests, HTTP answers >= 400, requests to anything but the viewer's origin.
+// Protocol, page events, browser launch and command loop: tests/helpers/browser_driver.mjs (shared with
+// tests/console/driver.mjs); "events" name requests to anything but the viewer's origin as "external".
 //
 // Start: node driver.mjs '{"viewer": "http://127.0.0.1:PORT", "artifacts": "/dir", "chromium": "/path"}'
 
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { chromium } from 'playwright-core';
+import * as browserDriver from '../helpers/browser_driver.mjs';
 
 const options = JSON.parse(process.argv[2]);
 const viewerOrigin = new URL(options.viewer).origin;
-const started = Date.now();
-const seconds = () => +((Date.now() - started) / 1000).toFixed(2);
+const events = browserDriver.eventLog();
 
-// The flags that make headless chromium render WebGL on the CPU (SwiftShader through ANGLE) and keep it
-// off the network: everything but 127.0.0.1 is unresolvable.
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--use-angle=swiftshader',
-  '--enable-unsafe-swiftshader',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-default-apps',
-  '--disable-extensions',
-  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-];
-
-const events = [];
+// The requests in flight and when the network last changed, for ``networkIdle``.
 const inflight = new Set();
 let lastNetworkActivity = Date.now();
 
-function record(kind, detail) {
-  events.push({ t: seconds(), kind, ...detail });
-}
+// The offline flags, and WebGL rendered on the CPU (SwiftShader through ANGLE).
+const CHROMIUM_FLAGS = [
+  ...browserDriver.OFFLINE_CHROMIUM_FLAGS,
+  '--use-angle=swiftshader',
+  '--enable-unsafe-swiftshader',
+];
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ohif-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
+const { context, page, userDataDir } = await browserDriver.launchChromium(chromium, {
   executablePath: options.chromium,
-  headless: true,
   args: CHROMIUM_FLAGS,
   viewport: { width: options.width || 1600, height: options.height || 1000 },
-  deviceScaleFactor: 1,
-  acceptDownloads: false,
-  serviceWorkers: 'block',
+  profilePrefix: 'ohif-chromium-',
 });
-const page = context.pages()[0] || (await context.newPage());
+browserDriver.recordPageEvents(page, viewerOrigin, events.record);
 
-page.on('console', message => {
-  const location = message.location();
-  record('console', { type: message.type(), text: message.text().slice(0, 2000), url: location?.url });
-});
-page.on('pageerror', error => record('pageerror', { text: String(error?.stack || error).slice(0, 4000) }));
-page.on('crash', () => record('crash', { text: 'the page crashed' }));
 page.on('request', request => {
   inflight.add(request);
   lastNetworkActivity = Date.now();
-  const url = request.url();
-  if (!url.startsWith(viewerOrigin) && !url.startsWith('data:') && !url.startsWith('blob:')) {
-    record('external', { url, method: request.method() });
-  }
 });
 const finished = request => {
   inflight.delete(request);
   lastNetworkActivity = Date.now();
 };
 page.on('requestfinished', finished);
-page.on('requestfailed', request => {
-  finished(request);
-  record('requestfailed', { url: request.url(), error: request.failure()?.errorText });
-});
-page.on('response', response => {
-  if (response.status() >= 400) {
-    record('http', { url: response.url(), status: response.status() });
-  }
-});
+page.on('requestfailed', finished);
 
 async function networkIdle(quietMs = 600, timeoutMs = 60000) {
   const deadline = Date.now() + timeoutMs;
@@ -249,7 +206,7 @@ const commands = {
     await page.goto(`${options.viewer}/`);
     const row = page.getByText(row_text, { exact: true }).first();
     await row.waitFor({ timeout: 60000 });
-    const listShown = seconds();
+    const listShown = events.seconds();
     await row.click();
     await page.getByRole('button', { name: workflow }).click();
     await page.waitForURL(url => url.searchParams.get('StudyInstanceUIDs') === study_instance_uid, {
@@ -384,43 +341,6 @@ const commands = {
   async screenshot({ name }) {
     return { screenshot: await screenshot(name), viewport: await viewportState() };
   },
-
-  async close() {
-    return {};
-  },
 };
 
-const lines = readline.createInterface({ input: process.stdin });
-for await (const line of lines) {
-  if (!line.trim()) {
-    continue;
-  }
-  const command = JSON.parse(line);
-  const begun = Date.now();
-  let answer;
-  try {
-    const handler = commands[command.cmd];
-    if (!handler) {
-      throw new Error(`unknown command ${command.cmd}`);
-    }
-    answer = { ok: true, result: await handler(command) };
-  } catch (error) {
-    let shot = null;
-    try {
-      shot = await screenshot(`error-${command.cmd}-${Date.now()}`);
-    } catch {
-      // the page may be gone
-    }
-    answer = { ok: false, error: String(error?.stack || error), screenshot: shot };
-  }
-  answer.ms = Date.now() - begun;
-  answer.events = events.splice(0);
-  process.stdout.write(JSON.stringify(answer) + '\n');
-  if (command.cmd === 'close') {
-    break;
-  }
-}
-lines.close();
-await context.close();
-fs.rmSync(userDataDir, { recursive: true, force: true });
-process.exit(0);
+await browserDriver.serveCommands(commands, { events, screenshot, context, userDataDir });
