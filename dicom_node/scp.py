@@ -12,7 +12,8 @@ DIMSE status instead, with an Error Comment that says why.
 0xA700      out of resources: the spool or the index could not be written (disk full); the sender
             retries later, as for every 0xA7xx
 0xA701      out of resources: the data set is larger than ``node.max_dataset_bytes``; refused, not
-            kept (the reason is recorded in ``quarantine/``)
+            kept (the reason is recorded in ``quarantine/``); past the limit the acceptor stops holding
+            it in memory and only counts its bytes (the limit in force when the node started)
 0xA900      data set does not match SOP class (SOP Class or Instance UID of the command and the data set
             differ; an image SOP class without pixel data); quarantined
 0xC210      cannot understand: truncated or malformed data set, missing or invalid UIDs; quarantined
@@ -43,6 +44,7 @@ start and end, instances stored, identical resends, failures, outcome (released,
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import socket
 import ssl
@@ -227,6 +229,7 @@ class StorageSCP:
         self._rejections: dict[int, str] = {}  # why this node rejected an association (not pynetdicom)
         self._handlers: list[Any] = []  # the event handlers of the listeners, set by start()
         self._allowed_hosts: dict[str, frozenset[str] | None] = {}  # set by start()
+        self._listener_max_dataset_bytes = settings.node.max_dataset_bytes  # set again by start()
         self._lock = threading.Lock()
         self._instance_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
         #: hashing, staging writes and folder fsyncs: up to three at a time for each association
@@ -293,14 +296,16 @@ class StorageSCP:
         tls = node.tls
         context = None if tls is None else server_ssl_context(tls)
         plain_only = tls is not None and tls.port is None
+        # the listeners keep data sets up to the limit in force at start (update_settings keeps it)
+        self._listener_max_dataset_bytes = limit = node.max_dataset_bytes
         self._server = start_server(
-            self.ae, (node.bind, node.port), handlers, context if plain_only else None
+            self.ae, (node.bind, node.port), handlers, context if plain_only else None, limit
         )
         logger.info(
             "SCP %s listening on %s:%d%s", node.ae_title, node.bind, self.port, " (TLS)" if plain_only else ""
         )
         if tls is not None and tls.port is not None:
-            self._tls_server = start_server(self.ae, (node.bind, tls.port), handlers, context)
+            self._tls_server = start_server(self.ae, (node.bind, tls.port), handlers, context, limit)
             logger.info("SCP %s listening on %s:%d (TLS)", node.ae_title, node.bind, self.tls_port)
 
     def stop(self) -> None:
@@ -327,7 +332,9 @@ class StorageSCP:
             tls = previous.tls
             plain_only = tls is not None and tls.port is None
             context = server_ssl_context(tls) if plain_only else None
-            listener = start_server(self.ae, (node.bind, node.port), self._handlers, context)
+            listener = start_server(
+                self.ae, (node.bind, node.port), self._handlers, context, self._listener_max_dataset_bytes
+            )
         with self._lock:
             self.settings = settings
             self._allowed_hosts = allowed_hosts
@@ -501,7 +508,11 @@ class StorageSCP:
         sop_class_uid = str(request.AffectedSOPClassUID or "")
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         stream = request.DataSet
-        if stream is None:
+        # the acceptor's short path keeps no data set past node.max_dataset_bytes, only its size
+        size = getattr(event, "data_set_bytes", None)
+        if stream is not None:
+            size = stream.seek(0, io.SEEK_END)
+        if size is None:
             return self._refuse(
                 event, audit, InstanceRejected(CANNOT_UNDERSTAND, "the C-STORE has no data set")
             )
@@ -510,16 +521,16 @@ class StorageSCP:
             return self._refuse(
                 event, audit, InstanceRejected(SOP_CLASS_NOT_SUPPORTED, reason, quarantine=False)
             )
+        limit = self.settings.node.max_dataset_bytes
+        if stream is None:  # the listener stopped keeping it at the limit it was started with
+            limit = self._listener_max_dataset_bytes
+        if size > limit or stream is None:
+            reason = f"data set of {size} bytes exceeds node.max_dataset_bytes ({limit})"
+            return self._refuse(event, audit, InstanceRejected(DATA_SET_TOO_LARGE, reason, quarantine=False))
         data = stream.getbuffer()
         hashing: Future[str] | None = None
         staging: Future[Path] | None = None
         try:
-            limit = self.settings.node.max_dataset_bytes
-            if data.nbytes > limit:
-                reason = f"data set of {data.nbytes} bytes exceeds node.max_dataset_bytes ({limit})"
-                return self._refuse(
-                    event, audit, InstanceRejected(DATA_SET_TOO_LARGE, reason, quarantine=False)
-                )
             transfer_syntax_uid = str(event.context.transfer_syntax)
             meta = file_meta_bytes(
                 sop_class_uid, sop_instance_uid, transfer_syntax_uid, event.assoc.requestor.ae_title

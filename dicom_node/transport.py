@@ -25,7 +25,10 @@ the EVT_ACCEPTED handlers) still goes through pynetdicom unchanged, as do associ
 release and abort. What the short path checks, and how it answers, follows pynetdicom's
 Storage SCP: the handler gets the same event (``request``, a ``C_STORE`` primitive whose ``DataSet`` is
 a ``BytesIO``, and ``context``), an exception in it is answered 0xC211, and a status data set's Error
-Comment and Offending Element go into the response.
+Comment and Offending Element go into the response. Past ``max_data_set_bytes`` (``start_server``) the
+short path stops keeping a data set and only counts it: the handler then gets ``DataSet`` None and, as on
+every event of the short path, ``event.data_set_bytes``, the size that arrived, so that it can refuse it
+without the whole of it in memory.
 
 Timers (ARTIM, the idle timeout) are still checked at least every ``_TICK`` seconds.
 """
@@ -173,7 +176,9 @@ class _Store:
 
     context_id: int
     request: C_STORE
-    data_set: BytesIO = field(default_factory=BytesIO)
+    #: what arrived, while it is within the limit; None past it
+    data_set: BytesIO | None = field(default_factory=BytesIO)
+    size: int = 0
 
 
 class _StoreReceiver:
@@ -183,6 +188,8 @@ class _StoreReceiver:
         self.dul = dul
         self.assoc = dul.assoc
         self.store: _Store | None = None
+        #: data sets larger than this are counted, not kept (None: no limit)
+        self.max_data_set_bytes: int | None = None
 
     def take(self, body: bytearray) -> bool:
         """Handle a P-DATA-TF PDU's PDVs: C-STORE requests here, the rest by pynetdicom's DIMSE.
@@ -200,7 +207,7 @@ class _StoreReceiver:
                     self.store = None
                     self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
                     return True
-                self.store.data_set.write(fragment)
+                self._keep(self.store, fragment)
                 if control & _LAST:
                     store, self.store = self.store, None
                     self._answer(store)
@@ -215,6 +222,15 @@ class _StoreReceiver:
             primitive.presentation_data_value_list = [[context_id, bytes([control]) + bytes(fragment)]]
             self.assoc.dimse.receive_primitive(primitive)
         return True
+
+    def _keep(self, store: _Store, fragment: memoryview) -> None:
+        store.size += len(fragment)
+        if store.data_set is None:
+            return
+        if self.max_data_set_bytes is not None and store.size > self.max_data_set_bytes:
+            store.data_set = None  # past the limit: the rest is counted, not kept
+            return
+        store.data_set.write(fragment)
 
     def _start(self, context_id: int, fragment: memoryview) -> _Store | None:
         """A new C-STORE request on the short path; None when pynetdicom should take the message."""
@@ -256,7 +272,9 @@ class _StoreReceiver:
         response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
         try:
             status: int | Dataset = evt.trigger(
-                self.assoc, evt.EVT_C_STORE, {"request": request, "context": context.as_tuple}
+                self.assoc,
+                evt.EVT_C_STORE,
+                {"request": request, "context": context.as_tuple, "data_set_bytes": store.size},
             )
         except Exception:
             logger.exception("exception in the handler bound to evt.EVT_C_STORE")
@@ -498,6 +516,7 @@ class _RequestHandler(RequestHandler):
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.dul._stores.max_data_set_bytes = self.server.max_data_set_bytes
         assoc.requestor.address_info = self.remote
         for event in self.server._handlers:
             if event.is_intervention and self.server._handlers[event]:
@@ -520,6 +539,9 @@ def _server_handshake(context: ssl.SSLContext, client: socket.socket) -> ssl.SSL
 
 
 class _Server(ThreadedAssociationServer):
+    #: see ``start_server``
+    max_data_set_bytes: int | None = None
+
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only; TLS is set up in the connection's own thread (``_RequestHandler.handle``).
 
@@ -534,8 +556,12 @@ def start_server(
     address: tuple[str, int],
     evt_handlers: list[Any],
     ssl_context: ssl.SSLContext | None = None,
+    max_data_set_bytes: int | None = None,
 ) -> ThreadedAssociationServer:
-    """``ae.start_server(address, block=False, ...)`` with the event-driven acceptor."""
+    """``ae.start_server(address, block=False, ...)`` with the event-driven acceptor.
+
+    ``max_data_set_bytes``: a C-STORE data set larger than this is not kept in memory (module docstring).
+    """
     server = ae.make_server(
         address,
         ssl_context=ssl_context,
@@ -543,6 +569,7 @@ def start_server(
         server_class=_Server,
         request_handler=_RequestHandler,
     )
+    server.max_data_set_bytes = max_data_set_bytes
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()
     ae._servers.append(server)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_dataset
 from pydicom.tag import Tag
@@ -31,9 +32,10 @@ pytestmark = pytest.mark.integration
 class Acceptor:
     """A listening AE whose C-STORE handler is ``self.answer`` and which keeps each request it got."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_data_set_bytes: int | None = None) -> None:
         #: SOP Instance UID, data set bytes, whether the handler ran on the DUL thread
-        self.received: list[tuple[str, bytes, bool]] = []
+        self.received: list[tuple[str, bytes | None, bool]] = []
+        self.sizes: list[int] = []  # event.data_set_bytes of each request (the short path sets it)
         self.answer: Callable[[evt.Event], Any] = lambda event: 0x0000
         ae = AE(ae_title="ACCEPTOR")
         ae.maximum_pdu_size = 16384  # a CT slice arrives in about 32 P-DATA-TF PDUs
@@ -43,7 +45,7 @@ class Acceptor:
         #: seconds the EVT_ACCEPTED handler takes (the node writes its audit row there)
         self.accepting_seconds = 0.0
         handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
-        self.server = start_server(ae, ("127.0.0.1", 0), handlers)
+        self.server = start_server(ae, ("127.0.0.1", 0), handlers, max_data_set_bytes=max_data_set_bytes)
         self.port = self.server.server_address[1]
 
     def _accepted(self, event: evt.Event) -> None:
@@ -51,9 +53,15 @@ class Acceptor:
 
     def _store(self, event: evt.Event) -> Any:
         on_dul_thread = threading.current_thread() is event.assoc.dul
+        data_set = event.request.DataSet
         self.received.append(
-            (str(event.request.AffectedSOPInstanceUID), event.request.DataSet.getvalue(), on_dul_thread)
+            (
+                str(event.request.AffectedSOPInstanceUID),
+                None if data_set is None else data_set.getvalue(),
+                on_dul_thread,
+            )
         )
+        self.sizes.append(getattr(event, "data_set_bytes", -1))  # -1: pynetdicom's own path
         return self.answer(event)
 
 
@@ -194,3 +202,20 @@ def test_a_command_inside_a_data_set_aborts_the_association(acceptor) -> None:
     socket.send(pdu(0x03, command_bytes))  # then a new command before the data set ended
     assert wait_until(lambda: assoc.is_aborted, timeout=10, what="the acceptor to abort")
     assert acceptor.received == []
+
+
+def test_a_data_set_past_the_limit_is_counted_not_kept() -> None:
+    acceptor = Acceptor(max_data_set_bytes=100_000)
+    acceptor.answer = lambda event: 0xA701 if event.request.DataSet is None else 0x0000
+    small = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # about 39 KB
+    large = ct_slice(3)  # about 525 KB, in about 32 PDUs
+    try:
+        assert store_one(acceptor.port, large).Status == 0xA701
+        assert store_one(acceptor.port, small).Status == 0x0000
+    finally:
+        acceptor.ae.shutdown()
+    assert [(uid, data is None) for uid, data, _ in acceptor.received] == [
+        (large.SOPInstanceUID, True),
+        (small.SOPInstanceUID, False),
+    ]
+    assert acceptor.sizes == [len(encoded(large)), len(encoded(small))]
