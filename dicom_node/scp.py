@@ -508,10 +508,8 @@ class StorageSCP:
         sop_class_uid = str(request.AffectedSOPClassUID or "")
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         stream = request.DataSet
-        # the acceptor's short path keeps no data set past node.max_dataset_bytes, only its size
-        size = getattr(event, "data_set_bytes", None)
-        if stream is not None:
-            size = stream.seek(0, io.SEEK_END)
+        # past node.max_dataset_bytes the acceptor's short path keeps no data set, only its size
+        size = stream.seek(0, io.SEEK_END) if stream is not None else getattr(event, "data_set_bytes", None)
         if size is None:
             return self._refuse(
                 event, audit, InstanceRejected(CANNOT_UNDERSTAND, "the C-STORE has no data set")
