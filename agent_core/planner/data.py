@@ -18,6 +18,11 @@ vocabulary: the keywords of each task and language (``KEYWORDS``: "segment", "ou
 structures, topics and label sets, and the clauses of multi-tool requests. Test requests whose text also
 occurs in training are dropped.
 
+With ``frame_dropout`` (``medagent planner train --frame-dropout``, 0 by default) that share of training
+requests lose a word or two of their sentence frame (``drop_frame_words``: never a slot, a keyword or a
+negation), so that the model learns to read the keywords and the structures, not the exact frames it saw;
+val and test requests always keep their frames whole.
+
 Training studies are offered the tools the registry would offer on their modality, with some tools taken
 away or added at random, so that the model learns to read the tool list rather than the modality. Eval
 requests (``eval_item``) carry only what ``medagent planner eval`` reads: ``{"id", "instruction",
@@ -1498,18 +1503,56 @@ def _vary(text: str, language: str, rng: random.Random, knowledge: bool = False)
     return text
 
 
+#: frame words that are never dropped: without them a request asks the opposite
+_NEGATIONS = frozenset(
+    ("not", "no", "can't", "don't", "pas", "ne", "n'arrive", "nicht", "kein", "keine", "sin", "nunca")
+)
+
+
+#: the slots that carry what a request asks (KEYWORDS): a frame without one says it in its own words
+_KEYWORD_SLOTS = re.compile(r"\{(?:v|vi|n|k|q|gv|gvi)\}")
+
+
+def drop_frame_words(template: str, rng: random.Random) -> str:
+    """``template`` without one word of its frame (two when it has four or more): slots (``{v}``,
+    ``{s}``...) stay. A frame is returned unchanged when no keyword slot says what it asks (its own words
+    do), when it holds a negation, or when it has fewer than two plain words."""
+    tokens = template.split(" ")
+    if not _KEYWORD_SLOTS.search(template):
+        return template
+    if any(token.strip("?!.,:;¿¡").lower() in _NEGATIONS for token in tokens):
+        return template
+    plain = [i for i, token in enumerate(tokens) if "{" not in token and any(c.isalpha() for c in token)]
+    if len(plain) < 2:
+        return template
+    dropped = set(rng.sample(plain, 2 if len(plain) >= 4 and rng.random() < 0.3 else 1))
+    return " ".join(token for i, token in enumerate(tokens) if i not in dropped)
+
+
 class Generator:
     """Draws requests of one split; deterministic for a seed."""
 
     def __init__(
-        self, split: str, cards: Sequence[ToolCard], seed: int = 0, *, vary_tools: bool | None = None
+        self,
+        split: str,
+        cards: Sequence[ToolCard],
+        seed: int = 0,
+        *,
+        vary_tools: bool | None = None,
+        frame_dropout: float = 0.0,
     ) -> None:
+        """``frame_dropout``: the share of requests whose frame loses words (``drop_frame_words``); train only."""
         if split not in SPLITS:
             raise ValueError(f"Invalid 'split' value {split!r} - must be one of {', '.join(SPLITS)}")
         self.split = split
         self.cards = list(cards)
         self.rng = random.Random(f"{seed}:{split}")
         self.vary_tools = split == "train" if vary_tools is None else vary_tools
+        if frame_dropout and split != "train":
+            raise ValueError(
+                f"Invalid 'frame_dropout' {frame_dropout} for {split} - only training requests lose words"
+            )
+        self.frame_dropout = frame_dropout
         splits = family_splits()
         self.families: dict[tuple[str, str], list[Family]] = {}
         for family in all_families():
@@ -1521,6 +1564,12 @@ class Generator:
     def _family(self, kind: str, language: str) -> Family | None:
         options = self.families.get((kind, language))
         return self.rng.choice(options) if options else None
+
+    def _template(self, family: Family) -> str:
+        template = self.rng.choice(family.templates)
+        if self.frame_dropout and self.rng.random() < self.frame_dropout:
+            return drop_frame_words(template, self.rng)
+        return template
 
     def _modality(self, intent: str) -> str:
         """A modality for the request; requests for structures go mostly to modalities that ground them."""
@@ -1628,7 +1677,7 @@ class Generator:
         family = self._family(intent, language)
         if family is None:
             return None
-        template = self.rng.choice(family.templates)
+        template = self._template(family)
         modality = self._modality(intent)
         if intent in ("vqa",) and "{s}" in template and not modality:
             modality = "CT"
@@ -1657,7 +1706,7 @@ class Generator:
         texts = []
         for intent, clause in ((first, clause_a), (second, clause_b)):
             part = Part(intent)
-            texts.append(self._fill(self.rng.choice(clause.templates), language, part, structures))
+            texts.append(self._fill(self._template(clause), language, part, structures))
             if part.intent == "vqa":
                 part.structures = []
             parts.append(part)
@@ -1696,10 +1745,16 @@ class Generator:
 
 
 def generate(
-    split: str, count: int, cards: Sequence[ToolCard], seed: int = 0, *, exclude: Iterable[str] = ()
+    split: str,
+    count: int,
+    cards: Sequence[ToolCard],
+    seed: int = 0,
+    *,
+    exclude: Iterable[str] = (),
+    frame_dropout: float = 0.0,
 ) -> list[Example]:
     """``count`` requests of ``split``; requests whose lower-cased text is in ``exclude`` are redrawn."""
-    generator = Generator(split, cards, seed)
+    generator = Generator(split, cards, seed, frame_dropout=frame_dropout)
     excluded = {text.strip().lower() for text in exclude}
     examples: list[Example] = []
     attempts = 0
@@ -1802,9 +1857,11 @@ class DataSet:
     test: list[Example]
 
 
-def build_dataset(cards: Sequence[ToolCard], train: int, val: int, test: int, seed: int = 0) -> DataSet:
+def build_dataset(
+    cards: Sequence[ToolCard], train: int, val: int, test: int, seed: int = 0, frame_dropout: float = 0.0
+) -> DataSet:
     """Train, val and test requests; val and test never repeat a training request's text."""
-    train_examples = generate("train", train, cards, seed)
+    train_examples = generate("train", train, cards, seed, frame_dropout=frame_dropout)
     seen = [e.instruction for e in train_examples]
     return DataSet(
         train_examples,

@@ -63,6 +63,12 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
     train = subcommands.add_parser("train", help="LoRA fine-tuning of the planner's backbone")
     train.add_argument("--out", type=Path, required=True, help="adapter folder (resumes a checkpoint there)")
     train.add_argument("--data", type=Path, default=None, help="conversations JSONL (default: generated)")
+    train.add_argument(
+        "--init-adapter",
+        type=Path,
+        default=None,
+        help="continue training this adapter, in its own LoRA shape, instead of a new one",
+    )
     _data_arguments(train)
     _training_arguments(train, steps_default=None)
     config_argument(train)
@@ -113,6 +119,12 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-examples", type=int, default=DEFAULT_TRAIN_EXAMPLES)
+    parser.add_argument(
+        "--frame-dropout",
+        type=float,
+        default=0.0,
+        help="share of training requests whose sentence frame loses a word or two (keywords stay)",
+    )
     parser.add_argument("--val-examples", type=int, default=DEFAULT_VAL_EXAMPLES)
     parser.add_argument("--test-examples", type=int, default=DEFAULT_TEST_EXAMPLES)
     if not any(action.dest == "seed" for action in parser._actions):
@@ -189,12 +201,31 @@ def _generate_data(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     cards = _cards(settings)
     dataset = build_dataset(
-        cards, arguments.train_examples, arguments.val_examples, arguments.test_examples, arguments.seed
+        cards,
+        arguments.train_examples,
+        arguments.val_examples,
+        arguments.test_examples,
+        arguments.seed,
+        arguments.frame_dropout,
     )
     counts = write_dataset(arguments.out, dataset, cards)
     for name, count in counts.items():
         print(f"{arguments.out / name}: {count} records")
     return 0
+
+
+def _continued(adapter: Path) -> dict[str, Any]:
+    """The ``TrainConfig`` values that continue ``adapter``: its path and its own LoRA shape."""
+    try:
+        lora = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"medagent: cannot read the adapter {adapter}: {exc}") from None
+    return {
+        "init_adapter": str(adapter),
+        "rank": lora["r"],
+        "alpha": lora["lora_alpha"],
+        "dropout": lora.get("lora_dropout", 0.0),
+    }
 
 
 def _train_config(arguments: argparse.Namespace, settings: Any, **overrides: Any) -> Any:
@@ -232,7 +263,8 @@ def _train(arguments: argparse.Namespace) -> int:
     from agent_core.planner.train import train
 
     settings = _settings(arguments)
-    config = _train_config(arguments, settings)
+    initial = {} if arguments.init_adapter is None else _continued(arguments.init_adapter)
+    config = _train_config(arguments, settings, **initial)
     extra: dict[str, Any] = {}
     if arguments.data is not None:
         records = list(read_jsonl(arguments.data))
@@ -240,7 +272,12 @@ def _train(arguments: argparse.Namespace) -> int:
     else:
         cards = _cards(settings)
         dataset = build_dataset(
-            cards, arguments.train_examples, arguments.val_examples, arguments.test_examples, arguments.seed
+            cards,
+            arguments.train_examples,
+            arguments.val_examples,
+            arguments.test_examples,
+            arguments.seed,
+            arguments.frame_dropout,
         )
         records = [conversation(example, cards) for example in dataset.train]
         arguments.out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +286,8 @@ def _train(arguments: argparse.Namespace) -> int:
                 arguments.out / f"{split}_eval.jsonl", (eval_item(e) for e in getattr(dataset, split))
             )
         extra["data_source"] = (
-            f"agent_core.planner.data, seed {arguments.seed}: {arguments.train_examples} train, "
+            f"agent_core.planner.data, seed {arguments.seed}, frame dropout {arguments.frame_dropout}: "
+            f"{arguments.train_examples} train, "
             f"{arguments.val_examples} val, {arguments.test_examples} test requests"
         )
     result = train(
@@ -368,17 +406,7 @@ def _add_tool(arguments: argparse.Namespace) -> int:
     (arguments.out / "tool.json").write_text(json.dumps(spec, indent=1, ensure_ascii=False), encoding="utf-8")
     new_eval = arguments.out / "new_tool_test_eval.jsonl"
     data.write_jsonl(new_eval, (data.eval_item(e) for e in new_test))
-    lora = json.loads(
-        (Path(adapter) / "adapter_config.json").read_text()
-    )  # the adapter keeps its own LoRA shape
-    config = _train_config(
-        arguments,
-        settings,
-        init_adapter=str(adapter),
-        rank=lora["r"],
-        alpha=lora["lora_alpha"],
-        dropout=lora.get("lora_dropout", 0.0),
-    )
+    config = _train_config(arguments, settings, **_continued(Path(adapter)))
     result = train(
         config,
         records,

@@ -208,3 +208,33 @@ def test_a_new_tool_is_read_from_its_card_and_examples(cards: list) -> None:
     with pytest.raises(ValueError, match="at least 5 'examples'"):
         data.new_tool_examples({"examples": [{"instruction": "a"}]})
     assert json.loads(json.dumps(data.eval_item(draws[0])))["expected_tools"] in (["bone_age"], [])
+
+
+def test_frame_dropout_drops_frame_words_only_where_keywords_carry_the_request() -> None:
+    rng = random.Random(4)
+    assert data.drop_frame_words("zeig mir, wo {s} liegt", rng) == "zeig mir, wo {s} liegt"  # no keyword slot
+    negated = "pas sur ce patient, en général : {k} {t}"
+    assert data.drop_frame_words(negated, rng) == negated
+    assert data.drop_frame_words("{v} {s}", rng) == "{v} {s}"
+    changed = 0
+    for languages in data.PHRASINGS.values():
+        for rows in languages.values():
+            for template in (t.strip() for row in rows for t in row.split(" | ")):
+                dropped = data.drop_frame_words(template, rng)
+                tokens, kept = template.split(" "), dropped.split(" ")
+                assert re.findall(r"\{\w+\}", dropped) == re.findall(r"\{\w+\}", template), template
+                assert len(tokens) - len(kept) in (0, 1, 2), (template, dropped)
+                remaining = iter(tokens)
+                assert all(token in remaining for token in kept), (template, dropped)  # in order
+                changed += dropped != template
+    assert changed > 400  # most frames name their task through a keyword slot
+
+
+def test_only_training_requests_lose_frame_words_and_only_when_asked(cards: list) -> None:
+    assert data.Generator("train", cards).frame_dropout == 0  # the data of the committed adapter
+    with pytest.raises(ValueError, match="only training requests lose words"):
+        data.Generator("test", cards, frame_dropout=0.3)
+    plain = data.Generator("train", cards, seed=5)
+    noisy = data.Generator("train", cards, seed=5, frame_dropout=1.0)
+    pairs = [(plain.draw(i).instruction, noisy.draw(i).instruction) for i in range(60)]
+    assert sum(len(a.split()) > len(b.split()) for a, b in pairs) >= 10

@@ -376,3 +376,27 @@ def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_af
     assert set(table) == {"old tools, before", "old tools, after", "new tool, before", "new tool, after"}
     assert table["old tools, before"]["n"] == 1 and table["new tool, after"]["n"] >= 20
     assert "old tools, after" in capsys.readouterr().out
+
+
+def test_train_continues_an_adapter_in_its_own_shape(tiny_llama: Path, tmp_path: Path) -> None:
+    """``medagent planner train --init-adapter``: the run starts from the adapter and keeps its LoRA shape."""
+    from dicom_node.cli import main
+
+    config = tmp_path / "node.yaml"
+    config.write_text(f"models: {{device: cpu, llm: {tiny_llama}}}\n")
+    models = ModelsSection(device="cpu", llm=tiny_llama)
+    base = tmp_path / "base"
+    train(TrainConfig(out=base, rank=2, alpha=4, steps=1, batch_size=3, max_length=512, seed=2), records(3), models,
+          progress=False)  # fmt: skip
+    conversations = tmp_path / "conversations.jsonl"
+    data.write_jsonl(conversations, records(6))
+    out = tmp_path / "continued"
+    arguments = ["planner", "train", "--config", str(config), "--data", str(conversations), "--out", str(out)]
+    arguments += ["--steps", "2", "--batch-size", "3", "--max-length", "512", "--no-progress"]
+    assert main([*arguments, "--init-adapter", str(base)]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert (log["config"]["init_adapter"], log["config"]["rank"], log["config"]["alpha"]) == (str(base), 2, 4)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 2  # not the command's default 128
+
+    with pytest.raises(SystemExit, match="cannot read the adapter .*nowhere"):
+        main([*arguments, "--init-adapter", str(tmp_path / "nowhere")])
