@@ -1,7 +1,9 @@
 """The LLM planner: the real SmolLM2 with the committed adapter plans held-out requests; bad output falls back.
 
-The held-out sample is 20 requests of the committed ``test_eval.jsonl`` (phrasings the adapter never saw),
-spread over the file; the full figures are in the adapter's MODEL_CARD.md. The adapter plans them better than
+The held-out sample is 100 requests of the committed ``test_eval.jsonl`` (phrasings the adapter never saw),
+every fourth of the file; the full figures are in the adapter's MODEL_CARD.md. It is that large because a
+smaller one misleads: an adapter that scored 0.84 on all 400 (the frame-dropout run in MODEL_CARD.md)
+planned 20 of 20 right on the 20-request sample this test once used. The adapter plans them better than
 the rules planner, but short of the issue's goal (0.95 tool accuracy): that test is a strict xfail, so it
 turns CI red, as a reminder to drop the mark, once an adapter reaches the goal. Training is tested on a tiny
 randomly initialised LLaMA configured as ``models.llm`` (the "larger backbone" path), which also shows that
@@ -162,8 +164,8 @@ def test_the_committed_adapter_is_small_documented_and_the_default(planner: LLMP
 
 @pytest.fixture(scope="module")
 def held_out(planner: LLMPlanner, registry: ToolRegistry) -> dict[str, Any]:
-    """The LLM planner's and the rules planner's reports on the same 20 held-out requests."""
-    items = sample_items(load_items(HELD_OUT), 20)
+    """The LLM planner's and the rules planner's reports on the same 100 held-out requests."""
+    items = sample_items(load_items(HELD_OUT), 100)
     return {
         "llm": evaluate(planner, items, registry),
         "rules": evaluate(RulesPlanner(registry), items, registry),
@@ -172,7 +174,7 @@ def held_out(planner: LLMPlanner, registry: ToolRegistry) -> dict[str, Any]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the committed adapter reaches 0.76 held-out tool accuracy (MODEL_CARD.md), short of the 0.95 goal",
+    reason="the committed adapter reaches 0.84 held-out tool accuracy (MODEL_CARD.md), short of the 0.95 goal",
 )
 def test_the_committed_adapter_reaches_the_goal_on_held_out_requests(held_out: dict[str, Any]) -> None:
     report = held_out["llm"]
