@@ -2,6 +2,7 @@
 
     medagent planner generate-data --out DIR [--train 4800 --val 100 --test 400 --seed 0]
     medagent planner train --out DIR [--rank 128 --alpha 256 --lr 2e-4 --steps N | --epochs 1 ...]
+                           [--init-adapter DIR] [--frame-dropout P]
     medagent planner eval FILE.jsonl [--planner llm|rules] [--adapter DIR] [--tool SPEC.json] [--json]
     medagent planner add-tool --tool SPEC.json --adapter DIR --out DIR [--steps 80 --lr 5e-5] [--evaluate OLD.jsonl]
 
@@ -195,12 +196,11 @@ def _read_spec(path: Path) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------- handlers
 
 
-def _generate_data(arguments: argparse.Namespace) -> int:
-    from agent_core.planner.data import build_dataset, write_dataset
+def _dataset(arguments: argparse.Namespace, cards: list[Any]) -> Any:
+    """The train, val and test requests the data arguments (``_data_arguments``) ask for."""
+    from agent_core.planner.data import build_dataset
 
-    settings = _settings(arguments)
-    cards = _cards(settings)
-    dataset = build_dataset(
+    return build_dataset(
         cards,
         arguments.train_examples,
         arguments.val_examples,
@@ -208,6 +208,14 @@ def _generate_data(arguments: argparse.Namespace) -> int:
         arguments.seed,
         arguments.frame_dropout,
     )
+
+
+def _generate_data(arguments: argparse.Namespace) -> int:
+    from agent_core.planner.data import write_dataset
+
+    settings = _settings(arguments)
+    cards = _cards(settings)
+    dataset = _dataset(arguments, cards)
     counts = write_dataset(arguments.out, dataset, cards)
     for name, count in counts.items():
         print(f"{arguments.out / name}: {count} records")
@@ -259,7 +267,7 @@ def _train_config(arguments: argparse.Namespace, settings: Any, **overrides: Any
 
 
 def _train(arguments: argparse.Namespace) -> int:
-    from agent_core.planner.data import build_dataset, conversation, eval_item, read_jsonl, write_jsonl
+    from agent_core.planner.data import conversation, eval_item, read_jsonl, write_jsonl
     from agent_core.planner.train import train
 
     settings = _settings(arguments)
@@ -271,14 +279,7 @@ def _train(arguments: argparse.Namespace) -> int:
         extra["data_source"] = str(arguments.data)
     else:
         cards = _cards(settings)
-        dataset = build_dataset(
-            cards,
-            arguments.train_examples,
-            arguments.val_examples,
-            arguments.test_examples,
-            arguments.seed,
-            arguments.frame_dropout,
-        )
+        dataset = _dataset(arguments, cards)
         records = [conversation(example, cards) for example in dataset.train]
         arguments.out.mkdir(parents=True, exist_ok=True)
         for split in ("val", "test"):
