@@ -1548,6 +1548,8 @@ class Generator:
         self.cards = list(cards)
         self.rng = random.Random(f"{seed}:{split}")
         self.vary_tools = split == "train" if vary_tools is None else vary_tools
+        if not 0.0 <= frame_dropout <= 1.0:
+            raise ValueError(f"Invalid 'frame_dropout' value {frame_dropout} - must be between 0 and 1")
         if frame_dropout and split != "train":
             raise ValueError(
                 f"Invalid 'frame_dropout' {frame_dropout} for {split} - only training requests lose words"

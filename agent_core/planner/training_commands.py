@@ -118,11 +118,19 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
     add_tool.set_defaults(handler=_add_tool)
 
 
+def _share(text: str) -> float:
+    """An argument between 0 and 1 (argparse reports the error with the option's name)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"Invalid value {text!r} - must be between 0 and 1")
+    return value
+
+
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-examples", type=int, default=DEFAULT_TRAIN_EXAMPLES)
     parser.add_argument(
         "--frame-dropout",
-        type=float,
+        type=_share,
         default=0.0,
         help="share of training requests whose sentence frame loses a word or two (keywords stay)",
     )

@@ -234,6 +234,8 @@ def test_only_training_requests_lose_frame_words_and_only_when_asked(cards: list
     assert data.Generator("train", cards).frame_dropout == 0  # the data of the committed adapter
     with pytest.raises(ValueError, match="only training requests lose words"):
         data.Generator("test", cards, frame_dropout=0.3)
+    with pytest.raises(ValueError, match="'frame_dropout' value 1.5 - must be between 0 and 1"):
+        data.Generator("train", cards, frame_dropout=1.5)
     plain = data.Generator("train", cards, seed=5)
     noisy = data.Generator("train", cards, seed=5, frame_dropout=1.0)
     pairs = [(plain.draw(i).instruction, noisy.draw(i).instruction) for i in range(60)]
