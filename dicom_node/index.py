@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS associations (
     outcome TEXT NOT NULL,               -- open | released | aborted | rejected | interrupted (node stopped)
     duplicates INTEGER NOT NULL DEFAULT 0, -- identical resends acknowledged without storing
     failed INTEGER NOT NULL DEFAULT 0,   -- C-STOREs answered with a failure status
-    detail TEXT                          -- why it was rejected or aborted
+    detail TEXT,                         -- why it was rejected or aborted
+    listener_pid INTEGER                 -- the process that accepted it (node.listener_processes)
 );
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -165,6 +166,7 @@ _ADDED_COLUMNS = {
         "duplicates": "INTEGER NOT NULL DEFAULT 0",
         "failed": "INTEGER NOT NULL DEFAULT 0",
         "detail": "TEXT",
+        "listener_pid": "INTEGER",
     },
     "jobs": {
         "planning_started_at": "REAL",
@@ -376,17 +378,22 @@ class Index:
                 )
 
     def open_association(
-        self, association_id: str, calling_ae_title: str, called_ae_title: str, address: str
+        self,
+        association_id: str,
+        calling_ae_title: str,
+        called_ae_title: str,
+        address: str,
+        listener_pid: int | None = None,
     ) -> None:
         with self.connect() as connection:
             connection.execute(
                 "INSERT INTO associations (association_id, calling_ae_title, called_ae_title, address,"
-                " started_at, ended_at, instances, outcome) VALUES (?,?,?,?,?,NULL,0,'open')"
+                " started_at, ended_at, instances, outcome, listener_pid) VALUES (?,?,?,?,?,NULL,0,'open',?)"
                 " ON CONFLICT (association_id) DO UPDATE SET calling_ae_title=excluded.calling_ae_title,"
                 " called_ae_title=excluded.called_ae_title, address=excluded.address,"
                 " started_at=excluded.started_at, ended_at=NULL, instances=0, outcome='open',"
-                " duplicates=0, failed=0, detail=NULL",
-                (association_id, calling_ae_title, called_ae_title, address, time.time()),
+                " duplicates=0, failed=0, detail=NULL, listener_pid=excluded.listener_pid",
+                (association_id, calling_ae_title, called_ae_title, address, time.time(), listener_pid),
             )
 
     def close_association(
@@ -406,16 +413,20 @@ class Index:
                 (time.time(), outcome, duplicates, failed, detail, association_id),
             )
 
-    def interrupt_open_associations(self, called_ae_title: str) -> int:
-        """Close the associations to ``called_ae_title`` left open by a node that stopped; return how many."""
+    def interrupt_open_associations(self, called_ae_title: str, listener_pid: int | None = None) -> int:
+        """Close the associations to ``called_ae_title`` left open by a node that stopped (or only those of
+        the listener process ``listener_pid``, which died); return how many."""
+        who = "the node" if listener_pid is None else f"listener process {listener_pid}"
+        sql = (
+            "UPDATE associations SET outcome='interrupted', ended_at=COALESCE(ended_at, ?),"
+            " detail=COALESCE(detail, ?) WHERE outcome='open' AND called_ae_title=?"
+        )
+        parameters = [time.time(), f"{who} stopped while the association was open", called_ae_title]
+        if listener_pid is not None:
+            sql += " AND listener_pid=?"
+            parameters.append(listener_pid)
         with self.connect() as connection:
-            cursor = connection.execute(
-                "UPDATE associations SET outcome='interrupted', ended_at=COALESCE(ended_at, ?),"
-                " detail=COALESCE(detail, 'the node stopped while the association was open')"
-                " WHERE outcome='open' AND called_ae_title=?",
-                (time.time(), called_ae_title),
-            )
-            return cursor.rowcount
+            return connection.execute(sql, tuple(parameters)).rowcount
 
     # -- study completion -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from config.settings import QueueMode
 from dicom_node import pipeline
 from dicom_node.errors import NodeError
 from dicom_node.index import open_index
+from dicom_node.listeners import ListenerProcesses
 from dicom_node.outbox import Outbox
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
@@ -55,7 +56,13 @@ class Node:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.index = open_index(self.settings)
         self.spool = Spool(self.storage)
-        self.scp = StorageSCP(self.settings, self.index, self.spool)
+        #: helper listener processes beside the SCP (``node.listener_processes`` above 1), or None
+        self.listeners = (
+            ListenerProcesses(self.settings) if self.settings.node.listener_processes > 1 else None
+        )
+        self.scp = StorageSCP(
+            self.settings, self.index, self.spool, slots=self.listeners.slots if self.listeners else None
+        )
         self.outbox = Outbox(self.settings, self.index)
         self.registry = ToolRegistry.default(settings.models)
         self.poll_seconds = poll_seconds
@@ -93,6 +100,8 @@ class Node:
         self.resume()
         self._listening_since = time.time()
         self.scp.start()
+        if self.listeners is not None:
+            self.listeners.start(self.scp.port, self.scp.tls_port, self._interrupt_listener)
         for target, name in ((self._track, "tracker"), (self._deliver, "outbox")):
             thread = threading.Thread(target=target, name=f"medagent-{name}", daemon=True)
             thread.start()
@@ -106,6 +115,8 @@ class Node:
         self._stopping.set()
         if self.admin is not None:
             self.admin.stop()
+        if self.listeners is not None:
+            self.listeners.stop()
         self.scp.stop()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -137,11 +148,23 @@ class Node:
             if settings.node.model_copy(update=identity) != current.node:
                 later.insert(0, "node (other than ae_title, bind, port)")
             self.scp.update_settings(settings)
+            if self.listeners is not None:
+                self.listeners.update_settings(settings, self.scp.port, self.scp.tls_port)
             self.outbox.update_settings(settings)
             self.settings = settings
             self.config_path.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
         if later:
             logger.warning("configuration changed in %s: takes effect at the next start", ", ".join(later))
+
+    def _interrupt_listener(self, pid: int) -> None:
+        """A listener process died: close its associations still open in the audit."""
+        interrupted = self.index.interrupt_open_associations(
+            self.scp.settings.node.ae_title, listener_pid=pid
+        )
+        if interrupted:
+            logger.warning(
+                "%d association(s) were open in listener process %d when it died", interrupted, pid
+            )
 
     # -- embedded worker ------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -77,6 +78,7 @@ from config import Settings
 from dicom_node.commitment import handle_event_report as handle_commitment_report
 from dicom_node.errors import InstanceRejected
 from dicom_node.index import INDEX_ERRORS, Index, IndexRow
+from dicom_node.listeners import AssociationSlots, InstanceLocks
 from dicom_node.received import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH_SOP_CLASS,
@@ -86,7 +88,7 @@ from dicom_node.received import (
 )
 from dicom_node.routing import select_route
 from dicom_node.spool import Spool, sync_directory
-from dicom_node.transport import start_server
+from dicom_node.transport import ensure_port_free, start_server
 from dicom_node.uids import is_valid_uid
 
 __all__ = [
@@ -109,7 +111,6 @@ DATA_SET_TOO_LARGE = 0xA701
 ACCEPTED_TRANSFER_SYNTAXES = tuple(
     uid for uid in ALL_TRANSFER_SYNTAXES if uid not in ("1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205")
 )
-_LOCK_STRIPES = 1024
 _MAX_REGISTERED_SOP_CLASSES = 10_000
 _registration_lock = threading.Lock()
 _registered_sop_classes: set[str] = set()
@@ -219,10 +220,23 @@ class _Audit:
 class StorageSCP:
     """A pynetdicom AE that accepts C-ECHO and C-STORE from the configured sources."""
 
-    def __init__(self, settings: Settings, index: Index, spool: Spool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        index: Index,
+        spool: Spool,
+        *,
+        slots: AssociationSlots | None = None,
+        listener: int = 0,
+    ) -> None:
+        """``slots`` and ``listener``: this SCP is listener ``listener`` of several that share the port and
+        the association limit (``dicom_node.listeners``); without ``slots`` it is the only one."""
         self.settings = settings
         self.index = index
         self.spool = spool
+        self.slots = slots
+        self.listener = listener
+        self._reserved: set[int] = set()  # associations counted in ``slots`` until their connection closes
         self._server: Any = None
         self._tls_server: Any = None  # a second, TLS listener when node.tls.port is set
         self._audits: dict[int, _Audit] = {}
@@ -231,7 +245,7 @@ class StorageSCP:
         self._allowed_hosts: dict[str, frozenset[str] | None] = {}  # set by start()
         self._listener_max_dataset_bytes = settings.node.max_dataset_bytes  # set again by start()
         self._lock = threading.Lock()
-        self._instance_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+        self._instance_locks = InstanceLocks(spool.root.parent)
         #: hashing, staging writes and folder fsyncs: up to three at a time for each association
         self._io = self._executor()
         restricted = settings.node.restrict_sop_classes
@@ -269,20 +283,46 @@ class StorageSCP:
         return self.port if self.settings.node.tls is not None else None
 
     def start(self) -> None:
-        node = self.settings.node
+        """Clear what the previous run left half done (``recover``), then ``listen``."""
+        self.recover()
+        self.listen()
+
+    def recover(self) -> None:
+        """Delete staged files no instance was acknowledged for; close the audit's associations left open.
+
+        Only the first listener does this, before any listener runs (``dicom_node.listeners``).
+        """
         try:
             self.spool.clear_incoming()
         except OSError:
             logger.exception("could not clear %s", self.spool.incoming)
         try:
-            interrupted = self.index.interrupt_open_associations(node.ae_title)
+            interrupted = self.index.interrupt_open_associations(self.settings.node.ae_title)
         except INDEX_ERRORS:
             logger.exception("could not close the associations left open by the previous run")
         else:
             if interrupted:
                 logger.warning("%d association(s) were open when the node last stopped", interrupted)
-        handlers = self._handlers = [
+
+    @property
+    def _shares_port(self) -> bool:
+        return self.settings.node.listener_processes > 1
+
+    def _start_server(self, address: tuple[str, int], context: ssl.SSLContext | None) -> Any:
+        """A listener on ``address``; with several listener processes, one that shares its port. The first
+        listener makes sure no other program listens there (a shared port would not say so)."""
+        if self._shares_port and self.listener == 0 and address[1] != 0:
+            ensure_port_free(address)
+        return start_server(
+            self.ae, address, self._handlers, context, self._listener_max_dataset_bytes, self._shares_port
+        )
+
+    def listen(self) -> None:
+        """Accept associations on ``node.port`` (and the TLS port)."""
+        node = self.settings.node
+        self._handlers = [
             (evt.EVT_CONN_OPEN, self.handle_connection),
+            (evt.EVT_CONN_CLOSE, self.handle_connection_closed),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
@@ -297,15 +337,13 @@ class StorageSCP:
         context = None if tls is None else server_ssl_context(tls)
         plain_only = tls is not None and tls.port is None
         # the listeners keep data sets up to the limit in force at start (update_settings keeps it)
-        self._listener_max_dataset_bytes = limit = node.max_dataset_bytes
-        self._server = start_server(
-            self.ae, (node.bind, node.port), handlers, context if plain_only else None, limit
-        )
+        self._listener_max_dataset_bytes = node.max_dataset_bytes
+        self._server = self._start_server((node.bind, node.port), context if plain_only else None)
         logger.info(
             "SCP %s listening on %s:%d%s", node.ae_title, node.bind, self.port, " (TLS)" if plain_only else ""
         )
         if tls is not None and tls.port is not None:
-            self._tls_server = start_server(self.ae, (node.bind, tls.port), handlers, context, limit)
+            self._tls_server = self._start_server((node.bind, tls.port), context)
             logger.info("SCP %s listening on %s:%d (TLS)", node.ae_title, node.bind, self.tls_port)
 
     def stop(self) -> None:
@@ -332,9 +370,7 @@ class StorageSCP:
             tls = previous.tls
             plain_only = tls is not None and tls.port is None
             context = server_ssl_context(tls) if plain_only else None
-            listener = start_server(
-                self.ae, (node.bind, node.port), self._handlers, context, self._listener_max_dataset_bytes
-            )
+            listener = self._start_server((node.bind, node.port), context)
         with self._lock:
             self.settings = settings
             self._allowed_hosts = allowed_hosts
@@ -363,10 +399,36 @@ class StorageSCP:
             return False
         return is_storage_sop_class(sop_class_uid)
 
+    def handle_connection_closed(self, event: evt.Event) -> None:
+        """Give back the association's place under the shared limit (several listener processes)."""
+        if self.slots is None:
+            return
+        with self._lock:
+            reserved = id(event.assoc) in self._reserved
+            self._reserved.discard(id(event.assoc))
+        if reserved:
+            self.slots.release(self.listener)
+
     def handle_requested(self, event: evt.Event) -> None:
-        """Offer this association a storage context for each storage SOP class it proposes."""
+        """Offer this association a storage context for each storage SOP class it proposes.
+
+        With several listener processes, first count it under ``node.max_associations`` for all of them:
+        beyond the limit it is rejected transiently, as pynetdicom rejects one beyond a single AE's limit.
+        """
+        assoc = event.assoc
+        if self.slots is not None:
+            if not self.slots.reserve(self.listener):
+                self._reject(
+                    assoc,
+                    f"association limit reached (node.max_associations = {self.slots.limit.value},"
+                    " over all listener processes)",
+                    transient=True,
+                )
+                return
+            with self._lock:
+                self._reserved.add(id(assoc))
         try:
-            self._offer_contexts(event.assoc)
+            self._offer_contexts(assoc)
         except Exception:
             logger.exception("could not prepare the presentation contexts of an association")
 
@@ -401,12 +463,13 @@ class StorageSCP:
                 logger.warning("could not offer a context for the proposed SOP class %r", sop_class_uid[:80])
         assoc.acceptor.supported_contexts = contexts
 
-    def _reject(self, assoc: Any, detail: str) -> None:
-        """Reject during EVT_REQUESTED: permanent, service user, calling AE title not recognised."""
+    def _reject(self, assoc: Any, detail: str, transient: bool = False) -> None:
+        """Reject during EVT_REQUESTED: permanent, service user, calling AE title not recognised; or
+        ``transient``: transient, service provider (presentation), local limit exceeded."""
         with self._lock:
             self._rejections[id(assoc)] = detail
         assoc.requestor.ae_title = assoc.requestor.primitive.calling_ae_title  # set by negotiation, later
-        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.acse.send_reject(*((0x02, 0x03, 0x02) if transient else (0x01, 0x01, 0x03)))
         assoc.is_rejected = True
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
@@ -428,6 +491,7 @@ class StorageSCP:
                 requestor.ae_title,
                 event.assoc.acceptor.ae_title,
                 f"{requestor.address}:{requestor.port}",
+                listener_pid=os.getpid(),
             )
         except INDEX_ERRORS:
             logger.exception("could not record an accepted association in the audit log")
@@ -535,7 +599,7 @@ class StorageSCP:
             )
             # one store at a time per SOP Instance UID (in stripes), from the index read to the answer, so
             # that a resend on another association finds this one's row
-            with self._instance_locks[hash(sop_instance_uid) % _LOCK_STRIPES]:
+            with self._instance_locks.hold(sop_instance_uid):
                 # beside the checks, in other threads (hashlib and file writes let go of the GIL): the hash,
                 # and the write and fsync of a new instance to spool/.incoming/
                 hashing = self._io.submit(content_hash, data)

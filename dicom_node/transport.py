@@ -541,6 +541,13 @@ def _server_handshake(context: ssl.SSLContext, client: socket.socket) -> ssl.SSL
 class _Server(ThreadedAssociationServer):
     #: see ``start_server``
     max_data_set_bytes: int | None = None
+    #: see ``start_server``; a class attribute, as the socket is bound by the constructor
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only; TLS is set up in the connection's own thread (``_RequestHandler.handle``).
@@ -551,22 +558,41 @@ class _Server(ThreadedAssociationServer):
         return self.socket.accept()
 
 
+class _SharedPortServer(_Server):
+    reuse_port = True
+
+
+def ensure_port_free(address: tuple[str, int]) -> None:
+    """Raise ``OSError`` (address in use) when a program listens on ``address``.
+
+    A listener bound with ``SO_REUSEPORT`` shares its port with any other such socket of the same user,
+    without an error: the first of several listener processes checks with a plain socket first.
+    """
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+
+
 def start_server(
     ae: Any,
     address: tuple[str, int],
     evt_handlers: list[Any],
     ssl_context: ssl.SSLContext | None = None,
     max_data_set_bytes: int | None = None,
+    reuse_port: bool = False,
 ) -> ThreadedAssociationServer:
     """``ae.start_server(address, block=False, ...)`` with the event-driven acceptor.
 
     ``max_data_set_bytes``: a C-STORE data set larger than this is not kept in memory (module docstring).
+    ``reuse_port``: bind with ``SO_REUSEPORT``, so that other processes listen on the same port and the
+    kernel spreads the connections over them (``dicom_node.listeners``).
     """
     server = ae.make_server(
         address,
         ssl_context=ssl_context,
         evt_handlers=evt_handlers,
-        server_class=_Server,
+        server_class=_SharedPortServer if reuse_port else _Server,
         request_handler=_RequestHandler,
     )
     server.max_data_set_bytes = max_data_set_bytes
@@ -576,4 +602,4 @@ def start_server(
     return server
 
 
-__all__ = ["start_server"]
+__all__ = ["ensure_port_free", "start_server"]

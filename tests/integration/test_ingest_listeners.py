@@ -1,0 +1,267 @@
+"""Several listener processes on one port (``node.listener_processes``): one index, one limit, one lock."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.sop_class import CTImageStorage
+
+from dicom_node.index import Index
+from dicom_node.listeners import InstanceLocks, ListenerProcesses
+from dicom_node.scp import StorageSCP
+from dicom_node.spool import Spool
+from tests.conftest import node_settings, running_node
+from tests.helpers.ingest import ct_series, new_uid, open_association
+from tests.helpers.peers import PEER_ENVIRONMENT, run_dcmtk, shared_data, wait_until
+
+pytestmark = pytest.mark.integration
+
+CT = [(CTImageStorage, [ExplicitVRLittleEndian])]
+
+
+class _Listeners:
+    """The node's SCP and its helper processes, without the rest of the node."""
+
+    def __init__(self, storage: Path, **node: Any) -> None:
+        self.settings = node_settings(storage, node={"listener_processes": 2, **node}).with_absolute_storage()
+        self.index = Index(storage / "index.sqlite3")
+        self.processes = ListenerProcesses(self.settings)
+        self.scp = StorageSCP(self.settings, self.index, Spool(storage), slots=self.processes.slots)
+        self.interrupted: list[int] = []
+
+    def start(self) -> _Listeners:
+        self.scp.start()
+        self.processes.start(self.scp.port, None, self._interrupt)
+        return self
+
+    def _interrupt(self, pid: int) -> None:
+        self.interrupted.append(pid)
+        self.index.interrupt_open_associations("MEDAGENT", listener_pid=pid)
+
+    def stop(self) -> None:
+        self.processes.stop()
+        self.scp.stop()
+
+    def pid_of(self, association_number: int) -> int:
+        """The process that took the ``association_number``-th association (0 first), from the audit."""
+        rows = self.index.query("SELECT listener_pid FROM associations ORDER BY started_at")
+        return int(rows[association_number]["listener_pid"])
+
+
+@pytest.fixture
+def listeners(tmp_path: Path) -> Iterator[_Listeners]:
+    running = _Listeners(tmp_path / "node", max_associations=4).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _echo(port: int) -> Any:
+    return run_dcmtk("echoscu", "-aet", "STORESCU", "-aec", "MEDAGENT", "127.0.0.1", str(port))
+
+
+def test_both_processes_take_associations_and_store_into_one_index(listeners: _Listeners) -> None:
+    study = new_uid("listeners study")
+    pids: set[int] = set()
+    sent = 0
+    # the kernel picks a listener per connection (a hash): send until each has taken some, at most 40
+    while len(pids) < 2 and sent < 40:
+        instances = ct_series(2, study, new_uid("listeners series", sent), f"listeners {sent}")
+        assoc = open_association(listeners.scp.port, CT)
+        assert [int(assoc.send_c_store(ds).Status) for ds in instances] == [0, 0]
+        assoc.release()
+        wait_until(lambda: listeners.index.query("SELECT COUNT(*) AS n FROM associations WHERE outcome='open'")[0]["n"] == 0, timeout=10, what="the release in the audit")  # fmt: skip
+        pids.add(listeners.pid_of(sent))
+        sent += 1
+    assert pids == {os.getpid(), *listeners.processes.pids}
+    rows = listeners.index.query(
+        "SELECT i.path, a.listener_pid FROM instances i JOIN associations a USING (association_id)"
+        " WHERE i.study_instance_uid=?",
+        (study,),
+    )
+    assert len(rows) == 2 * sent
+    assert {row["listener_pid"] for row in rows} == pids
+    assert all(Path(row["path"]).is_file() for row in rows)
+    assert listeners.processes.slots.total() == 0
+
+
+def test_the_association_limit_counts_every_process(listeners: _Listeners) -> None:
+    held = [open_association(listeners.scp.port, CT) for _ in range(4)]
+    try:
+        assert listeners.processes.slots.total() == 4
+        # six new connections, each to a listener the kernel picks: all rejected, transiently; a listener
+        # that counted only its own associations would accept some (both hold fewer than four, or one is
+        # idle, unless all six went to the one that holds all four: 1 in 64)
+        for _ in range(6):
+            echo = _echo(listeners.scp.port)
+            assert echo.returncode != 0
+            assert (
+                "Transient" in echo.stderr + echo.stdout
+                and "Local Limit Exceeded" in echo.stderr + echo.stdout
+            )
+        rejected = wait_until(
+            lambda: (
+                (rows := listeners.index.query("SELECT detail FROM associations WHERE outcome='rejected'"))
+                and len(rows) == 6
+                and rows
+            ),
+            10,
+            0.1,
+            "six rejections in the audit",
+        )
+        assert all("over all listener processes" in row["detail"] for row in rejected)
+        held.pop().release()
+        wait_until(lambda: listeners.processes.slots.total() == 3, timeout=10, what="the released slot")
+        assert _echo(listeners.scp.port).returncode == 0
+    finally:
+        for assoc in held:
+            assoc.release()
+    wait_until(lambda: listeners.processes.slots.total() == 0, timeout=10, what="every slot given back")
+
+
+def test_a_killed_helper_is_replaced_and_its_open_associations_are_interrupted(listeners: _Listeners) -> None:
+    (helper,) = listeners.processes.pids
+    held = []
+    while not any(listeners.pid_of(n) == helper for n in range(len(held))) and len(held) < 4:
+        held.append(open_association(listeners.scp.port, CT))
+        wait_until(lambda n=len(held): len(listeners.index.query("SELECT 1 FROM associations")) == n, timeout=10, what="the audit row")  # fmt: skip
+    if all(listeners.pid_of(n) != helper for n in range(len(held))):
+        pytest.skip("the kernel gave four associations in a row to the node's own process (1 in 16)")
+    os.kill(helper, signal.SIGKILL)
+    wait_until(lambda: listeners.processes.pids not in ([], [helper]), timeout=30, what="a new helper")
+    assert listeners.interrupted == [helper]
+    on_helper = listeners.index.query(
+        "SELECT outcome, detail FROM associations WHERE listener_pid=?", (helper,)
+    )
+    assert on_helper and all(row["outcome"] == "interrupted" for row in on_helper)
+    assert all(f"listener process {helper} stopped" in row["detail"] for row in on_helper)
+    # the node's own associations are untouched and its slots still counted; the dead helper's are free
+    on_node = [assoc for n, assoc in enumerate(held) if listeners.pid_of(n) != helper]
+    assert listeners.processes.slots.total() == len(on_node)
+    for assoc in on_node:
+        assert assoc.is_established
+        assoc.release()
+    wait_until(lambda: listeners.processes.slots.total() == 0, timeout=10, what="every slot given back")
+    assert _echo(listeners.scp.port).returncode == 0
+
+
+def _hold_lock(storage: str, uid: str, held: Any, release: Any) -> None:
+    locks = InstanceLocks(storage)
+    with locks.hold(uid):
+        held.set()
+        release.wait(30)
+
+
+def test_one_store_per_instance_uid_across_processes(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    child = context.Process(target=_hold_lock, args=(str(tmp_path), "1.2.3.4", held, release))
+    child.start()
+    try:
+        assert held.wait(30)
+        locks = InstanceLocks(tmp_path)
+        acquired: list[float] = []
+        started = time.monotonic()
+
+        def take() -> None:
+            with locks.hold("1.2.3.4"):
+                acquired.append(time.monotonic() - started)
+
+        waiter = threading.Thread(target=take)
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not acquired  # the other process holds this UID's stripe
+        other = next(
+            uid
+            for uid in (f"1.2.3.{n}" for n in range(5, 100))
+            if locks.stripe(uid) != locks.stripe("1.2.3.4")
+        )
+        with locks.hold(other):  # another stripe is free meanwhile
+            pass
+        release.set()
+        waiter.join(timeout=10)
+        assert acquired and acquired[0] >= 1.0
+    finally:
+        release.set()
+        child.join(timeout=10)
+
+
+def test_the_first_listener_refuses_a_port_another_program_listens_on(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        settings = node_settings(
+            tmp_path, node={"listener_processes": 2, "port": port}
+        ).with_absolute_storage()
+        scp = StorageSCP(settings, Index(tmp_path / "index.sqlite3"), Spool(tmp_path))
+        with pytest.raises(OSError) as raised:
+            scp.start()
+        assert raised.value.errno == 98  # EADDRINUSE
+
+
+def test_a_node_with_two_listener_processes_makes_one_job_of_a_study_sent_over_several_associations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicom_node.node import Node
+
+    monkeypatch.setattr(Node, "_start_worker", lambda self: None)  # the job stays queued
+    sources = sorted(shared_data("mr_brain_t1_sag_siemens").glob("*.dcm"))
+    study = "1.2.826.0.1.3680043.8.498.4243.1"
+    folder = tmp_path / "sent"
+    folder.mkdir()
+    files = []
+    for number, source in enumerate(sources, start=1):
+        dataset = pydicom.dcmread(source)
+        dataset.StudyInstanceUID = study
+        dataset.SeriesInstanceUID = f"{study}.1"
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = f"{study}.1.{number}"
+        dataset.save_as(folder / f"{number}.dcm")
+        files.append(folder / f"{number}.dcm")
+    route = {"name": "mr", "match": {"Modality": "MR"}, "instruction": "Archive only",
+             "completion": {"quiet_seconds": 1.0}}  # fmt: skip
+    settings = node_settings(tmp_path / "node", node={"listener_processes": 2}, routes=[route])
+    with running_node(settings) as node:
+        assert node.listeners is not None and len(node.listeners.pids) == 1
+        senders = [
+            subprocess.Popen(
+                [
+                    "storescu",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "MEDAGENT",
+                    "127.0.0.1",
+                    str(node.scp.port),
+                    *map(str, files[part::4]),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=PEER_ENVIRONMENT,
+            )  # fmt: skip
+            for part in range(4)
+        ]
+        assert [sender.wait(timeout=120) for sender in senders] == [0, 0, 0, 0]
+        jobs = wait_until(lambda: node.index.jobs(), 30, 0.2, "the study's job")
+        time.sleep(2 * 1.0 + 1)  # longer than a quiet period more: no second job comes
+        assert len(node.index.jobs()) == 1
+        assert jobs[0]["study_instance_uid"] == study
+        assert len(node.index.instances_of_study(study)) == len(files)
+        pids = {row["listener_pid"] for row in node.index.association_log()}
+        assert pids <= {os.getpid(), *node.listeners.pids}
+        helpers = node.listeners.pids
+    # stopping the node stops its helpers
+    assert all(not Path(f"/proc/{pid}").exists() for pid in helpers)
