@@ -265,3 +265,32 @@ def test_a_node_with_two_listener_processes_makes_one_job_of_a_study_sent_over_s
         helpers = node.listeners.pids
     # stopping the node stops its helpers
     assert all(not Path(f"/proc/{pid}").exists() for pid in helpers)
+
+
+def test_settings_changed_live_reach_every_process(listeners: _Listeners) -> None:
+    old_port = listeners.scp.port
+    changed = node_settings(
+        listeners.settings.node.storage,
+        node={"listener_processes": 2, "max_associations": 4},
+        sources=[{"ae_title": "LATE"}],
+    ).with_absolute_storage()
+    listeners.scp.update_settings(changed)
+    new_port = listeners.scp.port
+    assert new_port != old_port
+    listeners.processes.update_settings(changed, new_port, None)
+
+    def echo_as(ae_title: str, port: int) -> Any:
+        return run_dcmtk("echoscu", "-aet", ae_title, "-aec", "MEDAGENT", "127.0.0.1", str(port))
+
+    pids: set[int] = set()
+    for _attempt in range(40):  # until each process has accepted the new sender on the new port
+        wait_until(lambda: echo_as("LATE", new_port).returncode == 0, 10, 0.1, "the new sender accepted")
+        pids = {row["listener_pid"] for row in listeners.index.query(
+            "SELECT listener_pid FROM associations WHERE calling_ae_title='LATE' AND outcome='released'")}  # fmt: skip
+        if len(pids) == 2:
+            break
+    assert pids == {os.getpid(), *listeners.processes.pids}
+    # the old sender is refused by every process, and nothing listens on the old port any more
+    for _ in range(6):
+        assert echo_as("STORESCU", new_port).returncode != 0
+    assert echo_as("LATE", old_port).returncode != 0
