@@ -7,7 +7,9 @@ Instance UIDs (so that every instance is new to every receiver) and sent by one 
 (TCP_NODELAY=1, maximum PDU 128 KiB, the largest DCMTK allows). The receivers:
 
 - the node: ``medagent serve`` with no route (ingest only): checks, fsync'ed spool file, index row in
-  SQLite (synchronous=FULL) before each Success;
+  SQLite (synchronous=FULL) before each Success; with ``--node-processes N`` also a row for the node
+  with ``node.listener_processes: N`` (several processes accept on its port; see dicom_node.listeners),
+  which matters with ``--associations`` above 1;
 - ``storescp -od``: DCMTK's reference SCP, writes each file without fsync;
 - Orthanc with its default ``SyncStorageArea: true`` and a 128 KiB maximum PDU;
 - for reference, pynetdicom alone: an SCP that answers Success at once and stores nothing; and the same
@@ -118,10 +120,16 @@ def echo_ready(ae_title: str, port: int) -> None:
     )
 
 
-def run_node(folder: Path, files: list[Path]) -> float:
+def run_node(folder: Path, files: list[Path], listener_processes: int = 1) -> float:
     port = free_port()
     config = {
-        "node": {"ae_title": "MEDAGENT", "port": port, "storage": str(folder / "var"), "bind": "127.0.0.1"},
+        "node": {
+            "ae_title": "MEDAGENT",
+            "port": port,
+            "storage": str(folder / "var"),
+            "bind": "127.0.0.1",
+            "listener_processes": listener_processes,
+        },
         "sources": [{"ae_title": "STORESCU"}],
         "models": {"device": "cpu"},
     }
@@ -222,6 +230,7 @@ RECEIVERS: dict[str, Callable[[Path, list[Path]], float]] = {
     "storescp (DCMTK, -od, no fsync)": run_storescp,
     "Orthanc 1.10 (SyncStorageArea)": run_orthanc,
     "MedAgent node (fsync + index)": run_node,
+    # "node, N listener processes": added by --node-processes N
     "pynetdicom alone (stores nothing)": run_bare_pynetdicom,
     "same, the node's acceptor": lambda folder, files: run_bare_pynetdicom(
         folder, files, _BARE_EVENT_DRIVEN
@@ -237,7 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=2, help="runs per receiver; the best is kept (default 2)"
     )
     parser.add_argument("--associations", type=int, default=1, help="storescu processes at once (default 1)")
+    parser.add_argument(
+        "--node-processes",
+        type=int,
+        default=1,
+        help="also run the node with node.listener_processes N (a row of its own; default: not run)",
+    )
     arguments = parser.parse_args(argv)
+    if arguments.node_processes > 1:
+        processes = arguments.node_processes
+        RECEIVERS[f"node, {processes} listener processes"] = lambda folder, files: run_node(folder, files, processes)
     global ASSOCIATIONS
     ASSOCIATIONS = arguments.associations
     with tempfile.TemporaryDirectory(prefix="medagent-bench-") as temporary:
