@@ -98,7 +98,7 @@ class AssociationSlots:
     def reserve(self, listener: int) -> bool:
         """Count one more association for ``listener``; False (nothing counted) at the limit."""
         with self.counts.get_lock():
-            if sum(self.counts) >= self.limit.value:
+            if sum(self.counts[:]) >= self.limit.value:
                 return False
             self.counts[listener] += 1
             return True
@@ -113,7 +113,7 @@ class AssociationSlots:
 
     def total(self) -> int:
         with self.counts.get_lock():
-            return sum(self.counts)
+            return sum(self.counts[:])
 
 
 class _Helper:
