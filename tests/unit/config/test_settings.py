@@ -30,6 +30,10 @@ def test_example_file_is_valid_and_has_the_documented_keys() -> None:
             "node.ae_title: 'AAAAAAAAAAAAAAAAA' must not exceed 16 characters",
         ),
         ({"node": {"port": 0}}, "node.port:"),
+        (
+            {"node": {"listener_processes": 0}},
+            "node.listener_processes: Input should be greater than or equal to 1",
+        ),
         ({"node": {"colour": "red"}}, "node.colour: unknown key"),
         ({"sources": [{"ae_title": ""}]}, "sources[0].ae_title: must not be empty"),
         (
