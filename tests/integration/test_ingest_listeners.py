@@ -236,27 +236,12 @@ def test_a_node_with_two_listener_processes_makes_one_job_of_a_study_sent_over_s
     settings = node_settings(tmp_path / "node", node={"listener_processes": 2}, routes=[route])
     with running_node(settings) as node:
         assert node.listeners is not None and len(node.listeners.pids) == 1
-        senders = [
-            subprocess.Popen(
-                [
-                    "storescu",
-                    "-aet",
-                    "STORESCU",
-                    "-aec",
-                    "MEDAGENT",
-                    "127.0.0.1",
-                    str(node.scp.port),
-                    *map(str, files[part::4]),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=PEER_ENVIRONMENT,
-            )  # fmt: skip
-            for part in range(4)
-        ]
+        storescu = ("storescu", "-aet", "STORESCU", "-aec", "MEDAGENT", "127.0.0.1", str(node.scp.port))
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": PEER_ENVIRONMENT}
+        senders = [subprocess.Popen([*storescu, *map(str, files[part::4])], **quiet) for part in range(4)]
         assert [sender.wait(timeout=120) for sender in senders] == [0, 0, 0, 0]
         jobs = wait_until(lambda: node.index.jobs(), 30, 0.2, "the study's job")
-        time.sleep(2 * 1.0 + 1)  # longer than a quiet period more: no second job comes
+        time.sleep(3.0)  # three quiet periods more: no second job comes
         assert len(node.index.jobs()) == 1
         assert jobs[0]["study_instance_uid"] == study
         assert len(node.index.instances_of_study(study)) == len(files)
