@@ -38,9 +38,10 @@ A new association beyond ``node.max_associations`` is rejected by pynetdicom wit
 "rejected-transient", source "service-provider (presentation)", reason "local-limit-exceeded": the sender
 may try again later. With ``node.listener_processes`` above 1, several ``StorageSCP`` in as many processes
 share the port, and the same rejection comes from ``handle_requested``, which counts the associations of
-all of them (``dicom_node.listeners``). Every association is audited in the index (``associations``): calling AE, address,
-start and end, instances stored, identical resends, failures, outcome (released, aborted, rejected, and
-``interrupted`` for those the node left open when it stopped).
+all of them (``dicom_node.listeners``). Every association is audited in the index (``associations``):
+calling AE, address, start and end, instances stored, identical resends, failures, outcome (released,
+aborted, rejected, and ``interrupted`` for those the node left open when it stopped) and the process that
+took it.
 """
 
 from __future__ import annotations
