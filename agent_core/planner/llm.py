@@ -61,6 +61,11 @@ MAX_DESCRIPTION_CHARS = 40
 _SHORT_DESCRIPTION_WORDS = 14
 
 
+#: ``(parameter, coordinates key, the other parameter, its key, its number of coordinates)``: a point has
+#: two coordinates (``xy``), a box four (``xyxy``)
+_MISPLACED_PROMPTS = (("points", "xy", "boxes", "xyxy", 4), ("boxes", "xyxy", "points", "xy", 2))
+
+
 # ---------------------------------------------------------------------------------------------- the prompt
 
 
@@ -133,6 +138,42 @@ def user_prompt(cards: Sequence[ToolCard], study: str, instruction: str) -> str:
     tools = "\n".join(card_line(card) for card in cards) or "(none)"
     request = _clipped(instruction, MAX_INSTRUCTION_CHARS)
     return f"Tools:\n{tools}\n{study}\nRequest: {request}"
+
+
+def with_prompts_by_shape(plan: Plan) -> Plan:
+    """``plan`` with each point or box prompt under the parameter its coordinates fit.
+
+    On requests that give coordinates the model now and then writes a box's four numbers as a point
+    (``"points": [{"xy": [x0, y0, x1, y1]}]``) or a point's two as a box; the registry would refuse the
+    action. Such a prompt is moved, with its label and frame, to ``boxes`` (``xyxy``) or ``points`` (``xy``);
+    nothing else changes, and the registry still checks the result.
+    """
+    actions = []
+    for action in plan.actions:
+        params = dict(action.API_params)
+        for name, key, other, other_key, other_size in _MISPLACED_PROMPTS:
+            prompts, others = params.get(name), params.get(other, [])
+            if not isinstance(prompts, list) or not isinstance(others, list):
+                continue
+            misplaced = [
+                prompt
+                for prompt in prompts
+                if isinstance(prompt, dict)
+                and isinstance(prompt.get(key), list)
+                and len(prompt[key]) == other_size
+            ]
+            if not misplaced:
+                continue
+            moved = [
+                {**{k: v for k, v in prompt.items() if k != key}, other_key: prompt[key]}
+                for prompt in misplaced
+            ]
+            params[other] = [*others, *moved]
+            params[name] = [prompt for prompt in prompts if not any(prompt is m for m in misplaced)]
+            if not params[name]:
+                del params[name]
+        actions.append(Action(action.API_name, params))
+    return Plan(plan.thoughts, tuple(actions), plan.value)
 
 
 def render_chat(tokenizer: Any, user: str) -> str:
@@ -494,7 +535,7 @@ class LLMPlanner:
         return plan, PlanSource("llm", generation.text, "", seconds, True)
 
     def _checked(self, text: str, cards: Sequence[ToolCard]) -> Plan:
-        plan = self.registry.validate(parse_plan(text))
+        plan = self.registry.validate(with_prompts_by_shape(parse_plan(text)))
         offered = {card.name for card in cards}
         for index, action in enumerate(plan.actions):
             if action.API_name not in offered:

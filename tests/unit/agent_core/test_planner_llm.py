@@ -241,6 +241,30 @@ def test_a_plan_the_registry_or_the_study_refuses_falls_back(
     assert source.planner == "rules" and reason in source.reason
 
 
+def test_a_point_written_with_four_numbers_is_a_box_and_a_box_with_two_a_point(
+    planner: LLMPlanner, registry: ToolRegistry
+) -> None:
+    """The model's slip on requests with coordinates: the plan is used, with each prompt where it fits."""
+    head = f'{THOUGHTS_MARK}Segment from the given prompts.\n"actions🚀"[{{"API_name": "segmentation", "API_params": '
+    text = head + (
+        '{"points": [{"label": "bladder", "frame": 227, "xy": [277, 332, 381, 472]},'
+        ' {"label": "kidney", "frame": 3, "xy": [10, 20]}], "boxes": [{"label": "liver", "frame": 5, "xyxy": [321, 111]}]}}]'
+    )
+    plan, source = scripted(planner, registry, text).plan_with_source("segment these", CHEST_CT)
+    assert source.planner == "llm", source.reason
+    assert plan.actions[0].API_params == {
+        "points": [
+            {"label": "kidney", "frame": 3, "xy": [10, 20]},
+            {"label": "liver", "frame": 5, "xy": [321, 111]},
+        ],
+        "boxes": [{"label": "bladder", "frame": 227, "xyxy": [277, 332, 381, 472]}],
+    }
+    # three numbers fit neither: refused by the registry, as before
+    three = head + '{"points": [{"label": "bladder", "frame": 227, "xy": [277, 332, 381]}]}}]'
+    plan, source = scripted(planner, registry, three).plan_with_source("segment these", CHEST_CT)
+    assert source.planner == "rules" and "xy" in source.reason
+
+
 def test_thoughts_that_call_an_offered_tool_unavailable_fall_back(
     planner: LLMPlanner, registry: ToolRegistry
 ) -> None:
