@@ -27,7 +27,8 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -65,10 +66,7 @@ class InstanceLocks:
 
     def stripe(self, sop_instance_uid: str) -> int:
         """The stripe of a UID: the same in every process (``hash`` of a str is salted per process)."""
-        value = 0
-        for byte in sop_instance_uid.encode("ascii", "replace"):
-            value = (value * 31 + byte) & 0xFFFFFFFF
-        return value % LOCK_STRIPES
+        return zlib.crc32(sop_instance_uid.encode("ascii", "replace")) % LOCK_STRIPES
 
     @contextmanager
     def hold(self, sop_instance_uid: str) -> Iterator[None]:
@@ -79,9 +77,6 @@ class InstanceLocks:
                 yield
             finally:
                 fcntl.lockf(self._file, fcntl.LOCK_UN, 1, stripe)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class AssociationSlots:
@@ -145,6 +140,7 @@ class ListenerProcesses:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
+        self._interrupt: Callable[[int], None] = lambda pid: None  # set by start()
 
     def __repr__(self) -> str:
         return f"ListenerProcesses(count={self.count})"
@@ -154,7 +150,7 @@ class ListenerProcesses:
         with self._lock:
             return [helper.process.pid for helper in self._helpers.values()]
 
-    def start(self, port: int, tls_port: int | None, interrupt: Any) -> None:
+    def start(self, port: int, tls_port: int | None, interrupt: Callable[[int], None]) -> None:
         """Start the helpers on the ports the node's SCP bound; ``interrupt(pid)`` closes the associations
         a dead helper left open in the audit. Raises ``RuntimeError`` when a helper does not listen."""
         self._ports = (port, tls_port)
