@@ -8,8 +8,8 @@ Instance UIDs (so that every instance is new to every receiver) and sent by one 
 
 - the node: ``medagent serve`` with no route (ingest only): checks, fsync'ed spool file, index row in
   SQLite (synchronous=FULL) before each Success; with ``--node-processes N`` also a row for the node
-  with ``node.listener_processes: N`` (several processes accept on its port; see dicom_node.listeners),
-  which matters with ``--associations`` above 1;
+  with ``node.listener_processes: N`` (the node hands each connection to the least loaded of N
+  processes; see dicom_node.listeners), which matters with ``--associations`` above 1;
 - ``storescp -od``: DCMTK's reference SCP, writes each file without fsync;
 - Orthanc with its default ``SyncStorageArea: true`` and a 128 KiB maximum PDU;
 - for reference, pynetdicom alone: an SCP that answers Success at once and stores nothing; and the same

@@ -130,8 +130,9 @@ class NodeSection(_Strict):
     series_number_base: int = Field(9000, ge=1, le=2**31 - 1000)
     max_pdu_size: int = Field(1048576, ge=0)
     max_associations: int = Field(16, ge=1, le=1000)
-    #: processes that accept associations on ``port`` (SO_REUSEPORT): one Python process receives at
-    #: most ~350 instances/s whatever its associations; ``max_associations`` counts them all together
+    #: processes that serve associations of ``port`` (the node accepts, and hands each connection to the
+    #: least loaded): one Python process receives at most ~350 instances/s whatever its associations;
+    #: ``max_associations`` counts them all together
     listener_processes: int = Field(1, ge=1, le=64)
     institution_name: str = "MedAgent Node"
     #: the largest data set (bytes, as received) the SCP stores; a larger one is refused with 0xA701

@@ -61,7 +61,11 @@ class Node:
             ListenerProcesses(self.settings) if self.settings.node.listener_processes > 1 else None
         )
         self.scp = StorageSCP(
-            self.settings, self.index, self.spool, slots=self.listeners.slots if self.listeners else None
+            self.settings,
+            self.index,
+            self.spool,
+            slots=self.listeners.slots if self.listeners else None,
+            hand_over=self.listeners.hand_over if self.listeners else None,
         )
         self.outbox = Outbox(self.settings, self.index)
         self.registry = ToolRegistry.default(settings.models)

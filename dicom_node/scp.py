@@ -37,7 +37,7 @@ on every connection, as each C-STORE response is one small write.
 A new association beyond ``node.max_associations`` is rejected by pynetdicom with A-ASSOCIATE-RJ
 "rejected-transient", source "service-provider (presentation)", reason "local-limit-exceeded": the sender
 may try again later. With ``node.listener_processes`` above 1, several ``StorageSCP`` in as many processes
-share the port, and the same rejection comes from ``handle_requested``, which counts the associations of
+serve the port, and the same rejection comes from ``handle_requested``, which counts the associations of
 all of them (``dicom_node.listeners``). Every association is audited in the index (``associations``):
 calling AE, address, start and end, instances stored, identical resends, failures, outcome (released,
 aborted, rejected, and ``interrupted`` for those the node left open when it stopped) and the process that
@@ -47,6 +47,7 @@ took it.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import logging
 import os
@@ -56,7 +57,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from io import BytesIO
@@ -91,7 +92,7 @@ from dicom_node.received import (
 )
 from dicom_node.routing import select_route
 from dicom_node.spool import Spool, sync_directory
-from dicom_node.transport import ensure_port_free, start_server
+from dicom_node.transport import start_server
 from dicom_node.uids import is_valid_uid
 
 __all__ = [
@@ -231,14 +232,21 @@ class StorageSCP:
         *,
         slots: AssociationSlots | None = None,
         listener: int = 0,
+        hand_over: Callable[[str, socket.socket], bool] | None = None,
+        inboxes: dict[str, socket.socket] | None = None,
     ) -> None:
         """``slots`` and ``listener``: this SCP is listener ``listener`` of several that share the port and
-        the association limit (``dicom_node.listeners``); without ``slots`` it is the only one."""
+        the association limit (``dicom_node.listeners``); without ``slots`` it is the only one. The
+        node's SCP accepts every connection and offers it to ``hand_over(kind, connection)`` (True: another
+        listener took it); a helper's SCP does not listen: it takes the connections passed to its
+        ``inboxes`` (``{"plain": socket, "tls": socket}``, Unix sockets), one for each listener kind."""
         self.settings = settings
         self.index = index
         self.spool = spool
         self.slots = slots
         self.listener = listener
+        self.hand_over = hand_over
+        self.inboxes = inboxes
         self._reserved: set[int] = set()  # associations counted in ``slots`` until their connection closes
         self._server: Any = None
         self._tls_server: Any = None  # a second, TLS listener when node.tls.port is set
@@ -307,17 +315,29 @@ class StorageSCP:
             if interrupted:
                 logger.warning("%d association(s) were open when the node last stopped", interrupted)
 
-    @property
-    def _shares_port(self) -> bool:
-        return self.settings.node.listener_processes > 1
-
-    def _start_server(self, address: tuple[str, int], context: ssl.SSLContext | None) -> Any:
-        """A listener on ``address``; with several listener processes, one that shares its port. The first
-        listener makes sure no other program listens there (a shared port would not say so)."""
-        if self._shares_port and self.listener == 0 and address[1] != 0:
-            ensure_port_free(address)
+    def _start_server(self, address: tuple[str, int], context: ssl.SSLContext | None, kind: str) -> Any:
+        """A listener of ``kind`` ("plain", or "tls" on the extra TLS port) on ``address``; a helper's takes
+        the connections of its inbox of that kind instead (``dicom_node.listeners``)."""
+        closed_unused = None if self.slots is None else self._connection_closed
+        if self.inboxes is not None:
+            return start_server(
+                self.ae,
+                address,
+                self._handlers,
+                context,
+                self._listener_max_dataset_bytes,
+                inbox=self.inboxes[kind],
+                closed_unused=closed_unused,
+            )
+        hand_over = None if self.hand_over is None else functools.partial(self.hand_over, kind)
         return start_server(
-            self.ae, address, self._handlers, context, self._listener_max_dataset_bytes, self._shares_port
+            self.ae,
+            address,
+            self._handlers,
+            context,
+            self._listener_max_dataset_bytes,
+            hand_over=hand_over,
+            closed_unused=closed_unused,
         )
 
     def listen(self) -> None:
@@ -341,12 +361,12 @@ class StorageSCP:
         plain_only = tls is not None and tls.port is None
         # the listeners keep data sets up to the limit in force at start (update_settings keeps it)
         self._listener_max_dataset_bytes = node.max_dataset_bytes
-        self._server = self._start_server((node.bind, node.port), context if plain_only else None)
+        self._server = self._start_server((node.bind, node.port), context if plain_only else None, "plain")
         logger.info(
             "SCP %s listening on %s:%d%s", node.ae_title, node.bind, self.port, " (TLS)" if plain_only else ""
         )
         if tls is not None and tls.port is not None:
-            self._tls_server = self._start_server((node.bind, tls.port), context)
+            self._tls_server = self._start_server((node.bind, tls.port), context, "tls")
             logger.info("SCP %s listening on %s:%d (TLS)", node.ae_title, node.bind, self.tls_port)
 
     def stop(self) -> None:
@@ -369,11 +389,12 @@ class StorageSCP:
         node, previous = settings.node, self.settings.node
         allowed_hosts = resolve_source_hosts(settings.sources)
         listener = None
-        if self._server is not None and (node.bind, node.port) != (previous.bind, previous.port):
+        moved = (node.bind, node.port) != (previous.bind, previous.port)
+        if self._server is not None and moved and self.inboxes is None:  # a helper listens on no port
             tls = previous.tls
             plain_only = tls is not None and tls.port is None
             context = server_ssl_context(tls) if plain_only else None
-            listener = self._start_server((node.bind, node.port), context)
+            listener = self._start_server((node.bind, node.port), context, "plain")
         with self._lock:
             self.settings = settings
             self._allowed_hosts = allowed_hosts
@@ -403,7 +424,8 @@ class StorageSCP:
         return is_storage_sop_class(sop_class_uid)
 
     def handle_connection_closed(self, event: evt.Event) -> None:
-        """Give back the association's place under the shared limit (several listener processes)."""
+        """Give back the association's place under the shared limit and count the connection closed
+        (several listener processes)."""
         if self.slots is None:
             return
         with self._lock:
@@ -411,6 +433,11 @@ class StorageSCP:
             self._reserved.discard(id(event.assoc))
         if reserved:
             self.slots.release(self.listener)
+        self._connection_closed()
+
+    def _connection_closed(self) -> None:
+        if self.slots is not None:
+            self.slots.closed(self.listener)
 
     def handle_requested(self, event: evt.Event) -> None:
         """Offer this association a storage context for each storage SOP class it proposes.

@@ -43,6 +43,8 @@ import socket
 import ssl
 import struct
 import threading
+import time
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,6 +70,7 @@ from pynetdicom.transport import (
 
 _TICK = 0.05  # seconds between timer checks when nothing happens
 _HANDSHAKE_SECONDS = 30.0
+_INBOX_CLOSED_PAUSE = 0.1  # seconds an inbox server waits when its accepting process closed the inbox
 logger = logging.getLogger(__name__)
 
 
@@ -541,37 +544,62 @@ def _server_handshake(context: ssl.SSLContext, client: socket.socket) -> ssl.SSL
 class _Server(ThreadedAssociationServer):
     #: see ``start_server``
     max_data_set_bytes: int | None = None
-    #: see ``start_server``; a class attribute, as the socket is bound by the constructor
-    reuse_port = False
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    #: see ``start_server``: offered each accepted connection; True when another process took it
+    hand_over: Callable[[socket.socket], bool] | None = None
+    #: see ``start_server``: called when a connection closes without an association
+    closed_unused: Callable[[], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only; TLS is set up in the connection's own thread (``_RequestHandler.handle``).
 
         pynetdicom shakes hands in the accepting thread, where one peer that never sends a ClientHello
-        would stop every other connection from being accepted.
+        would stop every other connection from being accepted. A connection ``hand_over`` passed to
+        another process is closed here (that process holds its own descriptor) and skipped: socketserver
+        ignores a request whose ``get_request`` raises ``OSError``.
         """
-        return self.socket.accept()
+        client, address = self.socket.accept()
+        if self.hand_over is not None and self.hand_over(client):
+            client.close()
+            raise OSError("connection handed to another listener process")
+        return client, address
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close a connection that did not become an association (failed TLS handshake, set-up error)."""
+        super().shutdown_request(request)
+        if self.closed_unused is not None:
+            self.closed_unused()
 
 
-class _SharedPortServer(_Server):
-    reuse_port = True
+class _InboxServer(_Server):
+    """A listener that takes the connections another process accepted and passed on ``inbox`` (a Unix
+    socket; ``dicom_node.listeners``), one descriptor per message. It does not bind: its address is that
+    of the process that accepts."""
 
+    inbox: socket.socket  # set on a subclass per server (the constructor binds)
 
-def ensure_port_free(address: tuple[str, int]) -> None:
-    """Raise ``OSError`` (address in use) when a program listens on ``address``.
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # the TCP socket socketserver made: not used
+        self.socket = self.inbox  # serve_forever waits on it
 
-    A listener bound with ``SO_REUSEPORT`` shares its port with any other such socket of the same user,
-    without an error: the first of several listener processes checks with a plain socket first.
-    """
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
+    def server_activate(self) -> None:
+        pass
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        _message, descriptors, _flags, _address = socket.recv_fds(self.inbox, 1, 1)
+        if not descriptors:  # the accepting process closed its end: it is gone or stopping
+            time.sleep(_INBOX_CLOSED_PAUSE)
+            raise OSError("the accepting process closed the inbox")
+        client = socket.socket(fileno=descriptors[0])
+        try:
+            client.setblocking(True)
+            address = client.getpeername()
+        except OSError:
+            client.close()
+            if self.closed_unused is not None:
+                self.closed_unused()
+            raise
+        return client, address
 
 
 def start_server(
@@ -580,26 +608,37 @@ def start_server(
     evt_handlers: list[Any],
     ssl_context: ssl.SSLContext | None = None,
     max_data_set_bytes: int | None = None,
-    reuse_port: bool = False,
+    *,
+    hand_over: Callable[[socket.socket], bool] | None = None,
+    inbox: socket.socket | None = None,
+    closed_unused: Callable[[], None] | None = None,
 ) -> ThreadedAssociationServer:
     """``ae.start_server(address, block=False, ...)`` with the event-driven acceptor.
 
     ``max_data_set_bytes``: a C-STORE data set larger than this is not kept in memory (module docstring).
-    ``reuse_port``: bind with ``SO_REUSEPORT``, so that other processes listen on the same port and the
-    kernel spreads the connections over them (``dicom_node.listeners``).
+    ``hand_over(connection)``: offered every accepted connection before anything is read from it; True
+    means another process took it (``dicom_node.listeners``). ``inbox``: instead of listening on
+    ``address``, take the connections another process passes on this Unix socket (``address`` is then
+    only what associations report as the local address). ``closed_unused()``: called for each connection
+    that closes without becoming an association (a failed TLS handshake).
     """
+    server_class: type[_Server] = _Server
+    if inbox is not None:
+        server_class = type("_InboxServerOf", (_InboxServer,), {"inbox": inbox})
     server = ae.make_server(
         address,
         ssl_context=ssl_context,
         evt_handlers=evt_handlers,
-        server_class=_SharedPortServer if reuse_port else _Server,
+        server_class=server_class,
         request_handler=_RequestHandler,
     )
     server.max_data_set_bytes = max_data_set_bytes
+    server.hand_over = hand_over
+    server.closed_unused = closed_unused
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()
     ae._servers.append(server)
     return server
 
 
-__all__ = ["ensure_port_free", "start_server"]
+__all__ = ["start_server"]

@@ -1,4 +1,5 @@
-"""Several listener processes on one port (``node.listener_processes``): one index, one limit, one lock."""
+"""Several listener processes on one port (``node.listener_processes``): the node hands each connection to
+the least loaded one; one index, one limit, one lock."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.index import Index
-from dicom_node.listeners import InstanceLocks, ListenerProcesses
+from dicom_node.listeners import InstanceLocks, ListenerProcesses, _Helper
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
 from tests.conftest import node_settings, running_node
@@ -38,7 +39,13 @@ class _Listeners:
         self.settings = node_settings(storage, node={"listener_processes": 2, **node}).with_absolute_storage()
         self.index = Index(storage / "index.sqlite3")
         self.processes = ListenerProcesses(self.settings)
-        self.scp = StorageSCP(self.settings, self.index, Spool(storage), slots=self.processes.slots)
+        self.scp = StorageSCP(
+            self.settings,
+            self.index,
+            Spool(storage),
+            slots=self.processes.slots,
+            hand_over=self.processes.hand_over,
+        )
         self.interrupted: list[int] = []
 
     def start(self) -> _Listeners:
@@ -59,6 +66,13 @@ class _Listeners:
         rows = self.index.query("SELECT listener_pid FROM associations ORDER BY started_at")
         return int(rows[association_number]["listener_pid"])
 
+    def wait_for_audit_rows(self, count: int) -> None:
+        wait_until(lambda: len(self.index.query("SELECT 1 FROM associations")) == count, timeout=10, what=f"{count} audit rows")  # fmt: skip
+
+    def wait_until_idle(self) -> None:
+        """Until every listener counts its connections closed (after the audit says released)."""
+        wait_until(lambda: sum(self.processes.slots.connections[:]) == 0, timeout=10, what="every connection closed")  # fmt: skip
+
 
 @pytest.fixture
 def listeners(tmp_path: Path) -> Iterator[_Listeners]:
@@ -73,28 +87,52 @@ def _echo(port: int) -> Any:
     return run_dcmtk("echoscu", "-aet", "STORESCU", "-aec", "MEDAGENT", "127.0.0.1", str(port))
 
 
-def test_both_processes_take_associations_and_store_into_one_index(listeners: _Listeners) -> None:
+def test_connections_take_turns_between_processes_and_store_into_one_index(listeners: _Listeners) -> None:
     study = new_uid("listeners study")
-    pids: set[int] = set()
-    sent = 0
-    # the kernel picks a listener per connection (a hash): send until each has taken some, at most 40
-    while len(pids) < 2 and sent < 40:
+    # one association after the other: both listeners idle each time, so they take turns
+    for sent in range(4):
         instances = ct_series(2, study, new_uid("listeners series", sent), f"listeners {sent}")
         assoc = open_association(listeners.scp.port, CT)
         assert [int(assoc.send_c_store(ds).Status) for ds in instances] == [0, 0]
         assoc.release()
         wait_until(lambda: listeners.index.query("SELECT COUNT(*) AS n FROM associations WHERE outcome='open'")[0]["n"] == 0, timeout=10, what="the release in the audit")  # fmt: skip
-        pids.add(listeners.pid_of(sent))
-        sent += 1
-    assert pids == {os.getpid(), *listeners.processes.pids}
+        listeners.wait_until_idle()
+    (helper,) = listeners.processes.pids
+    taken = [listeners.pid_of(n) for n in range(4)]
+    assert taken in ([os.getpid(), helper] * 2, [helper, os.getpid()] * 2)
     rows = listeners.index.query(
         "SELECT i.path, a.listener_pid FROM instances i JOIN associations a USING (association_id)"
         " WHERE i.study_instance_uid=?",
         (study,),
     )
-    assert len(rows) == 2 * sent
-    assert {row["listener_pid"] for row in rows} == pids
+    assert len(rows) == 8
+    assert sorted(row["listener_pid"] for row in rows) == sorted([os.getpid(), helper] * 4)
     assert all(Path(row["path"]).is_file() for row in rows)
+    assert listeners.processes.slots.total() == 0
+
+
+def test_each_connection_goes_to_the_process_with_the_fewest(listeners: _Listeners) -> None:
+    (helper,) = listeners.processes.pids
+    held = [open_association(listeners.scp.port, CT) for _ in range(4)]
+    try:
+        listeners.wait_for_audit_rows(4)
+        taken = [listeners.pid_of(n) for n in range(4)]
+        assert sorted(taken) == sorted([os.getpid(), helper] * 2)  # an even split
+        assert list(listeners.processes.slots.connections[:]) == [2, 2]
+        # the node's two go: the next two connections both go to the node, now the less loaded
+        for assoc, pid in zip(list(held), taken, strict=True):
+            if pid == os.getpid():
+                assoc.release()
+                held.remove(assoc)
+        wait_until(lambda: list(listeners.processes.slots.connections[:]) == [0, 2], timeout=10, what="the node idle")  # fmt: skip
+        held += [open_association(listeners.scp.port, CT) for _ in range(2)]
+        listeners.wait_for_audit_rows(6)
+        assert [listeners.pid_of(4), listeners.pid_of(5)] == [os.getpid(), os.getpid()]
+        assert all(assoc.is_established for assoc in held)
+    finally:
+        for assoc in held:
+            assoc.release()
+    listeners.wait_until_idle()
     assert listeners.processes.slots.total() == 0
 
 
@@ -102,9 +140,8 @@ def test_the_association_limit_counts_every_process(listeners: _Listeners) -> No
     held = [open_association(listeners.scp.port, CT) for _ in range(4)]
     try:
         assert listeners.processes.slots.total() == 4
-        # six new connections, each to a listener the kernel picks: all rejected, transiently; a listener
-        # that counted only its own associations would accept some (both hold fewer than four, or one is
-        # idle, unless all six went to the one that holds all four: 1 in 64)
+        # six new connections, three to each listener (each holds two): all rejected, transiently; a
+        # listener that counted only its own associations would accept them
         for _ in range(6):
             echo = _echo(listeners.scp.port)
             assert echo.returncode != 0
@@ -134,19 +171,10 @@ def test_the_association_limit_counts_every_process(listeners: _Listeners) -> No
 
 def test_a_killed_helper_is_replaced_and_its_open_associations_are_interrupted(listeners: _Listeners) -> None:
     (helper,) = listeners.processes.pids
-    held: list[tuple[Any, int]] = []  # (association, the process that took it)
-    opened = 0
-    # the kernel picks the process: open associations until the helper holds one (at most 40), keeping
-    # two on the node's own process as well and releasing the others there
-    while all(pid != helper for _, pid in held) and opened < 40:
-        assoc = open_association(listeners.scp.port, CT)
-        opened += 1
-        wait_until(lambda n=opened: len(listeners.index.query("SELECT 1 FROM associations")) == n, timeout=10, what="the audit row")  # fmt: skip
-        pid = listeners.pid_of(opened - 1)
-        if pid == helper or len(held) < 2:
-            held.append((assoc, pid))
-        else:
-            assoc.release()
+    # four associations: two on each process
+    associations = [open_association(listeners.scp.port, CT) for _ in range(4)]
+    listeners.wait_for_audit_rows(4)
+    held = [(assoc, listeners.pid_of(n)) for n, assoc in enumerate(associations)]
     assert any(pid == helper for _, pid in held)
     os.kill(helper, signal.SIGKILL)
     wait_until(lambda: listeners.processes.pids not in ([], [helper]), timeout=30, what="a new helper")
@@ -164,6 +192,33 @@ def test_a_killed_helper_is_replaced_and_its_open_associations_are_interrupted(l
         assoc.release()
     wait_until(lambda: listeners.processes.slots.total() == 0, timeout=10, what="every slot given back")
     assert _echo(listeners.scp.port).returncode == 0
+
+
+def test_a_connection_goes_to_the_least_loaded_listener_that_can_take_it(tmp_path: Path) -> None:
+    """``hand_over`` with real sockets: a helper whose inbox is gone leaves the connection to the node; a
+    helper that is there gets a descriptor of the very connection."""
+    settings = node_settings(tmp_path, node={"listener_processes": 2}).with_absolute_storage()
+    processes = ListenerProcesses(settings)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    node_end, helper_end = multiprocessing.Pipe()
+    processes._helpers[1] = _Helper(1, None, node_end, {"plain": ours})
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        clients = [socket.create_connection(server.getsockname()) for _ in range(3)]
+        accepted = [server.accept()[0] for _ in clients]
+        try:
+            assert processes.hand_over("plain", accepted[0]) is False  # a tie: the node's turn
+            assert processes.hand_over("plain", accepted[1]) is True  # the helper has fewer
+            _message, descriptors, _flags, _address = socket.recv_fds(theirs, 1, 1)
+            with socket.socket(fileno=descriptors[0]) as passed:
+                clients[1].sendall(b"over the passed descriptor")
+                assert passed.recv(64) == b"over the passed descriptor"
+            assert list(processes.slots.connections[:]) == [1, 1]
+            theirs.close()  # the helper is gone before the node noticed: the node keeps the connection
+            assert processes.hand_over("plain", accepted[2]) is False
+            assert list(processes.slots.connections[:]) == [2, 1]
+        finally:
+            for connection in (*clients, *accepted, ours, node_end, helper_end):
+                connection.close()
 
 
 def _hold_lock(storage: str, uid: str, held: Any, release: Any) -> None:
@@ -254,7 +309,7 @@ def test_a_node_with_two_listener_processes_makes_one_job_of_a_study_sent_over_s
         assert jobs[0]["study_instance_uid"] == study
         assert len(node.index.instances_of_study(study)) == len(files)
         pids = {row["listener_pid"] for row in node.index.association_log()}
-        assert pids <= {os.getpid(), *node.listeners.pids}
+        assert pids == {os.getpid(), *node.listeners.pids}  # the first two connections go one to each
         helpers = node.listeners.pids
     # stopping the node stops its helpers
     assert all(not Path(f"/proc/{pid}").exists() for pid in helpers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from config import ConfigError
 from config.settings import parse_settings
 from dicom_node.index import Index
+from dicom_node.listeners import ListenerProcesses
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
 from tests.conftest import node_settings
@@ -133,6 +135,41 @@ def test_tls_port_beside_the_plain_one(tmp_path: Path, pki: Path) -> None:
         anonymous = _echo(tls_port, "+tla", "+cf", str(pki / "ca.crt"))
         assert anonymous.returncode == 0, anonymous.stdout + anonymous.stderr
         assert _echo(tls_port).returncode != 0
+
+
+def test_tls_connections_handed_to_a_listener_process_shake_hands_there(tmp_path: Path, pki: Path) -> None:
+    tls_port = free_port()
+    tls = {"certificate": str(pki / "server.crt"), "private_key": str(pki / "server.key"), "port": tls_port}
+    storage = tmp_path / "node"
+    settings = node_settings(storage, node={"tls": tls, "listener_processes": 2}).with_absolute_storage()
+    processes = ListenerProcesses(settings)
+    scp = StorageSCP(
+        settings, Index(storage / "index.sqlite3"), Spool(storage), slots=processes.slots,
+        hand_over=processes.hand_over,
+    )  # fmt: skip
+    scp.start()
+    processes.start(scp.port, scp.tls_port, lambda pid: None)
+
+    def idle() -> bool:
+        return list(processes.slots.connections[:]) == [0, 0]
+
+    try:
+        (helper,) = processes.pids
+        for _ in range(2):  # one to each process, each shaking hands itself
+            anonymous = _echo(tls_port, "+tla", "+cf", str(pki / "ca.crt"))
+            assert anonymous.returncode == 0, anonymous.stdout + anonymous.stderr
+            wait_until(idle, 10, 0.05, "the connection closed")
+        for _ in range(2):  # plain DICOM on the TLS port: turned away by either, and counted closed
+            assert _echo(tls_port).returncode != 0
+        wait_until(idle, 10, 0.05, "the refused connections counted closed")
+        for _ in range(2):
+            assert _echo(scp.port).returncode == 0
+            wait_until(idle, 10, 0.05, "the connection closed")
+        released = [row["listener_pid"] for row in _audit(scp) if row["outcome"] == "released"]
+        assert sorted(released) == sorted([os.getpid(), helper] * 2)
+    finally:
+        processes.stop()
+        scp.stop()
 
 
 def test_tls_config_errors_name_the_key(tmp_path: Path, pki: Path) -> None:
