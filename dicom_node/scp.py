@@ -318,17 +318,7 @@ class StorageSCP:
     def _start_server(self, address: tuple[str, int], context: ssl.SSLContext | None, kind: str) -> Any:
         """A listener of ``kind`` ("plain", or "tls" on the extra TLS port) on ``address``; a helper's takes
         the connections of its inbox of that kind instead (``dicom_node.listeners``)."""
-        closed_unused = None if self.slots is None else self._connection_closed
-        if self.inboxes is not None:
-            return start_server(
-                self.ae,
-                address,
-                self._handlers,
-                context,
-                self._listener_max_dataset_bytes,
-                inbox=self.inboxes[kind],
-                closed_unused=closed_unused,
-            )
+        inbox = None if self.inboxes is None else self.inboxes[kind]
         hand_over = None if self.hand_over is None else functools.partial(self.hand_over, kind)
         return start_server(
             self.ae,
@@ -337,7 +327,8 @@ class StorageSCP:
             context,
             self._listener_max_dataset_bytes,
             hand_over=hand_over,
-            closed_unused=closed_unused,
+            inbox=inbox,
+            closed_unused=None if self.slots is None else self._connection_closed,
         )
 
     def listen(self) -> None:
