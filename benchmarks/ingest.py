@@ -232,9 +232,7 @@ RECEIVERS: dict[str, Callable[[Path, list[Path]], float]] = {
     "MedAgent node (fsync + index)": run_node,
     # "node, N listener processes": added by --node-processes N
     "pynetdicom alone (stores nothing)": run_bare_pynetdicom,
-    "same, the node's acceptor": lambda folder, files: run_bare_pynetdicom(
-        folder, files, _BARE_EVENT_DRIVEN
-    ),
+    "same, the node's acceptor": lambda folder, files: run_bare_pynetdicom(folder, files, _BARE_EVENT_DRIVEN),
     "disk alone (write + fsync, no net)": run_disk_alone,
 }
 
@@ -255,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.node_processes > 1:
         processes = arguments.node_processes
-        RECEIVERS[f"node, {processes} listener processes"] = lambda folder, files: run_node(folder, files, processes)
+        RECEIVERS[f"node, {processes} listener processes"] = lambda folder, files: run_node(
+            folder, files, processes
+        )
     global ASSOCIATIONS
     ASSOCIATIONS = arguments.associations
     with tempfile.TemporaryDirectory(prefix="medagent-bench-") as temporary:

@@ -166,9 +166,11 @@ def test_tls_connections_handed_to_a_listener_process_shake_hands_there(tmp_path
             assert _echo(scp.port).returncode == 0
             wait_until(idle, 10, 0.05, "the connection closed")
         released = wait_until(
-            lambda: (rows := [r["listener_pid"] for r in _audit(scp) if r["outcome"] == "released"])
-            and len(rows) == 4
-            and rows,
+            lambda: (
+                (rows := [r["listener_pid"] for r in _audit(scp) if r["outcome"] == "released"])
+                and len(rows) == 4
+                and rows
+            ),
             10,
             0.1,
             "four released associations in the audit",
