@@ -29,12 +29,15 @@ stops. A helper stops by itself when the node's process is gone (its pipe to the
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import multiprocessing
 import os
 import socket
+import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,15 +55,20 @@ LOCK_FILE = "instance.locks"
 HELPER_START_SECONDS = 60.0
 _SUPERVISE_SECONDS = 1.0
 _context = multiprocessing.get_context("spawn")
+#: Linux's open-file-description lock, wait for it (None where the platform has none)
+_OFD_SETLKW: int | None = getattr(fcntl, "F_OFD_SETLKW", None)
 
 
 class InstanceLocks:
     """One store at a time per SOP Instance UID, in ``LOCK_STRIPES`` stripes, across threads and processes.
 
     A thread takes its process's stripe lock, then the same stripe's byte of ``<storage>/instance.locks``
-    with ``fcntl.lockf`` (POSIX record locks belong to the process, so the thread lock orders the threads
-    of one process, the record lock the processes). The lock file stays open for the life of the object:
-    closing any descriptor of it would release the process's record locks.
+    with an open-file-description lock (``F_OFD_SETLKW``; it belongs to this object's open file, so the
+    thread lock orders the threads of one process, the record lock the processes). Not ``fcntl.lockf``:
+    a POSIX record lock belongs to the whole process, and the kernel's deadlock check then saw process A
+    (one thread waiting for B's stripe) and process B (another thread waiting for A's) as a cycle and
+    failed a C-STORE with EDEADLK, although no thread waited while holding a stripe. Where the platform
+    has no OFD locks, ``lockf`` is used and EDEADLK, never a real deadlock here, is retried.
     """
 
     def __init__(self, storage: str | os.PathLike[str]) -> None:
@@ -80,11 +88,26 @@ class InstanceLocks:
     def hold(self, sop_instance_uid: str) -> Iterator[None]:
         stripe = self.stripe(sop_instance_uid)
         with self._threads[stripe]:
-            fcntl.lockf(self._file, fcntl.LOCK_EX, 1, stripe)
+            self._lock(fcntl.F_WRLCK, stripe)
             try:
                 yield
             finally:
-                fcntl.lockf(self._file, fcntl.LOCK_UN, 1, stripe)
+                self._lock(fcntl.F_UNLCK, stripe)
+
+    def _lock(self, kind: int, stripe: int) -> None:
+        if _OFD_SETLKW is not None:
+            # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an OFD lock), native alignment
+            request = struct.pack("@hhqqi4x", kind, os.SEEK_SET, stripe, 1, 0)
+            fcntl.fcntl(self._file, _OFD_SETLKW, request)
+            return
+        while True:
+            try:
+                fcntl.lockf(self._file, fcntl.LOCK_UN if kind == fcntl.F_UNLCK else fcntl.LOCK_EX, 1, stripe)
+                return
+            except OSError as error:
+                if error.errno != errno.EDEADLK:
+                    raise
+                time.sleep(0.001)
 
 
 class AssociationSlots:

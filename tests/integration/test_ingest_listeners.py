@@ -19,6 +19,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage
 
+from dicom_node import listeners as listeners_module
 from dicom_node.index import Index
 from dicom_node.listeners import InstanceLocks, ListenerProcesses, _Helper
 from dicom_node.scp import StorageSCP
@@ -259,6 +260,79 @@ def test_one_store_per_instance_uid_across_processes(tmp_path: Path) -> None:
         assert acquired and acquired[0] >= 1.0
     finally:
         release.set()
+        child.join(timeout=10)
+
+
+def _hold_one_then_take_another(
+    storage: str, first: str, second: str, held: Any, go: Any, result: Any, ofd: bool
+) -> None:
+    if not ofd:
+        listeners_module._OFD_SETLKW = None
+    locks = InstanceLocks(storage)
+    taken = threading.Event()
+
+    def take_second() -> None:
+        try:
+            with locks.hold(second):
+                result.put("taken")
+        except OSError as error:
+            result.put(f"{type(error).__name__}: {error}")
+        finally:
+            taken.set()
+
+    with locks.hold(first):
+        held.set()
+        go.wait(30)
+        threading.Thread(target=take_second).start()
+        taken.wait(30)
+
+
+@pytest.mark.parametrize("ofd", [True, False], ids=["ofd-locks", "lockf-where-no-ofd"])
+def test_threads_of_two_processes_waiting_on_each_others_stripes_are_no_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ofd: bool
+) -> None:
+    # Process A: thread 1 holds X, thread 2 waits for Y. Process B: thread 1 holds Y, thread 2 asks for X.
+    # No thread waits while holding, so nothing deadlocks; but POSIX record locks belong to the process,
+    # and the kernel saw A waits for B waits for A and failed B's request with EDEADLK (a C-STORE failed).
+    if not ofd:
+        monkeypatch.setattr(listeners_module, "_OFD_SETLKW", None)
+    locks = InstanceLocks(tmp_path)
+    x = "1.2.3.4"
+    y = next(uid for uid in (f"1.2.3.{n}" for n in range(5, 100)) if locks.stripe(uid) != locks.stripe(x))
+    context = multiprocessing.get_context("spawn")
+    held, go, result = context.Event(), context.Event(), context.Queue()
+    child = context.Process(
+        target=_hold_one_then_take_another, args=(str(tmp_path), y, x, held, go, result, ofd)
+    )
+    x_held, release_x, y_taken = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_x() -> None:
+        with locks.hold(x):
+            x_held.set()
+            release_x.wait(30)
+
+    def take_y() -> None:
+        with locks.hold(y):
+            y_taken.set()
+
+    holder, taker = threading.Thread(target=hold_x), threading.Thread(target=take_y)
+    holder.start()
+    child.start()
+    try:
+        assert x_held.wait(30) and held.wait(30)
+        taker.start()
+        time.sleep(0.5)  # our second thread now waits in the kernel for Y
+        assert not y_taken.is_set()
+        go.set()  # the child's second thread asks for X
+        time.sleep(0.5)
+        release_x.set()
+        assert result.get(timeout=30) == "taken"
+        assert y_taken.wait(30)  # the child let Y go once its second thread was done
+    finally:
+        go.set()
+        release_x.set()
+        holder.join(timeout=10)
+        taker.join(timeout=10)
         child.join(timeout=10)
 
 
