@@ -222,6 +222,12 @@ def test_a_connection_goes_to_the_least_loaded_listener_that_can_take_it(tmp_pat
                 connection.close()
 
 
+def _uid_on_another_stripe(locks: InstanceLocks, uid: str) -> str:
+    return next(
+        other for other in (f"1.2.3.{n}" for n in range(5, 100)) if locks.stripe(other) != locks.stripe(uid)
+    )
+
+
 def _hold_lock(storage: str, uid: str, held: Any, release: Any) -> None:
     locks = InstanceLocks(storage)
     with locks.hold(uid):
@@ -248,11 +254,7 @@ def test_one_store_per_instance_uid_across_processes(tmp_path: Path) -> None:
         waiter.start()
         waiter.join(timeout=1.0)
         assert waiter.is_alive() and not acquired  # the other process holds this UID's stripe
-        other = next(
-            uid
-            for uid in (f"1.2.3.{n}" for n in range(5, 100))
-            if locks.stripe(uid) != locks.stripe("1.2.3.4")
-        )
+        other = _uid_on_another_stripe(locks, "1.2.3.4")
         with locks.hold(other):  # another stripe is free meanwhile
             pass
         release.set()
@@ -298,7 +300,7 @@ def test_threads_of_two_processes_waiting_on_each_others_stripes_are_no_deadlock
         monkeypatch.setattr(listeners_module, "_OFD_SETLKW", None)
     locks = InstanceLocks(tmp_path)
     x = "1.2.3.4"
-    y = next(uid for uid in (f"1.2.3.{n}" for n in range(5, 100)) if locks.stripe(uid) != locks.stripe(x))
+    y = _uid_on_another_stripe(locks, x)
     context = multiprocessing.get_context("spawn")
     held, go, result = context.Event(), context.Event(), context.Queue()
     child = context.Process(
