@@ -13,10 +13,11 @@ format (``Plan.to_mmedagent_text``), as in MMedAgent's instruction data::
 
 Phrasings come in template families: a sentence frame with a few variants (``PHRASINGS``, and the
 ``CONNECTORS`` that join two requests); every family belongs to one split (``family_splits``), so the test
-split holds sentence frames the model never saw. The words the frames are filled with are shared
-vocabulary: the keywords of each task and language (``KEYWORDS``: "segment", "outline", "Befund"...), the
-structures, topics and label sets, and the clauses of multi-tool requests. Test requests whose text also
-occurs in training are dropped.
+split holds sentence frames the model never saw (``TRAINING_PHRASINGS``, frames added later, are train
+only, leave the other families' splits as they were, and are drawn only when asked: ``--extra-frames``).
+The words the frames are filled with are shared vocabulary: the keywords of each task and language
+(``KEYWORDS``: "segment", "outline", "Befund"...), the structures, topics and label sets, and the clauses of
+multi-tool requests. Test requests whose text also occurs in training are dropped.
 
 With ``frame_dropout`` (``medagent planner train --frame-dropout``, 0 by default) that share of training
 requests lose a word or two of their sentence frame (``drop_frame_words``: never a slot, a keyword or a
@@ -1085,6 +1086,114 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }  # fmt: skip
 
+#: More sentence frames, for training only (``TRAINING_ONLY``): written after the test split was fixed, so
+#: that adding them leaves every split of ``PHRASINGS`` (and so the held-out test requests) as it was. They
+#: are new frames around the same keywords, written for the kinds of request the adapter confused most
+#: (a tool planned where none applies, image questions against knowledge questions, two explicit steps
+#: against grounded segmentation), not copies of held-out frames.
+TRAINING_PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "grounded_segmentation": {
+        "en": (
+            "{s}: {v} | {s}: {v}, please",
+            "in a single step, {v} the {s} | in one go, {v} the {s} | just {v} the {s}, no boxes needed",
+            "I'm planning surgery, {v} the {s} | for volumetry, {v} the {s} | {v} the {s} so we can measure it",
+            "what's the volume of the {s}? make a {n} | {n} + volume for the {s} | the {s} - {n} and volume",
+        ),
+        "fr": ("{s} : {n} svp | {s} : à {vi} en une fois", "en une seule étape, {v} {s} | juste {vi} {s}, sans boîtes",
+               "pour la volumétrie, {v} {s} | {v} {s} pour qu'on puisse le mesurer"),
+        "de": ("{s}: {n}, bitte | {s}: in einem Rutsch {vi}", "in einem Schritt {s} {vi} | einfach nur {s} {vi}, ohne Boxen",
+               "für die Volumetrie {s} {vi} | {v} {s}, damit wir es messen können"),
+        "es": ("{s}: {n}, gracias | {s}: {vi} de una vez", "en un solo paso, {v} {s} | solo {vi} {s}, sin cajas",
+               "para la volumetría, {v} {s} | {v} {s} para poder medirlo"),
+    },
+    "grounding": {
+        "en": (
+            "just the box for the {s}, no mask | only {v} the {s}, I don't need a segmentation | boxes only: {s}",
+            "{s} - where? | which slice shows the {s}? give me a box",
+            "could you {v} every {s} on this study? | {v} all the {s} you see | {v} the {s}, one box each",
+        ),
+        "fr": ("juste la boîte pour {s}, pas de masque | seulement {vi} {s}, pas de segmentation",
+               "{s}, c'est où ? | {s} : où ? | {n} de {s} ?", "{v} tous les {s} visibles | {v} {s}, une boîte chacun"),
+        "de": ("nur die Box für {s}, keine Maske | nur {s} {vi}, keine Segmentierung",
+               "{s}: wo? | {n} von {s}?", "{v} alle sichtbaren {s} | {v} {s}, je eine Box"),
+        "es": ("solo la caja de {s}, sin máscara | solo {vi} {s}, sin segmentación",
+               "¿dónde está {s}? | {s}: ¿dónde? | ¿{n} de {s}?", "{v} todos los {s} visibles | {v} {s}, una caja cada uno"),
+    },
+    "two_step": {
+        "en": (
+            "{gv} the {s} with grounding dino, and then medsam | grounding dino for the {s}, afterwards medsam on its boxes",
+            "not grounded segmentation: {gv} the {s} first, then segment separately | separately: {gv} the {s}, then segment the boxes",
+            "detection first ({s}), segmentation second | boxes for the {s}, then a medsam mask per box",
+        ),
+        "fr": ("{gv} {s} avec grounding dino, puis medsam | grounding dino pour {s}, ensuite medsam sur ses boîtes",
+               "séparément : {gvi} {s} d'abord, puis segmenter les boîtes | d'abord la détection de {s}, ensuite la segmentation"),
+        "de": ("{gv} {s} mit Grounding DINO, danach MedSAM | Grounding DINO für {s}, anschließend MedSAM auf die Boxen",
+               "getrennt: zuerst {s} {gvi}, dann die Boxen segmentieren | erst die Detektion von {s}, dann die Segmentierung"),
+        "es": ("{gv} {s} con grounding dino y después medsam | grounding dino para {s}, luego medsam en sus cajas",
+               "por separado: primero {gvi} {s}, luego segmentar las cajas | primero la detección de {s}, después la segmentación"),
+    },
+    "classification": {
+        "en": ("label this picture | {n} of this picture? | sort this image into a category",
+               "what am I looking at: which {n}? | just the {n}, nothing else"),
+        "fr": ("quelle est {n} de cet examen ? | {v} cette image stp", "c'est quel type d'examen ? | {n} de ce cliché ?"),
+        "de": ("welche Art von Aufnahme ist das? | {v} diese Aufnahme", "was zeigt das Bild für ein Organ? | {n} der Aufnahme?"),
+        "es": ("¿qué tipo de estudio es este? | {v} esta placa", "¿qué órgano muestra la imagen? | ¿{n} de esta imagen?"),
+    },
+    "retrieval": {
+        "en": (
+            "{t} - {k}? | {t}: {k}? | about {t}: {k}",
+            "medical knowledge question, unrelated to the images: {k} {t} | I'm curious, {k} {t}",
+            "{k} {t} (general question) | what's {t} again?",
+        ),
+        "fr": ("{t} : {k} ? | à propos de {t} : {k}", "question générale, pas sur l'image : {k} {t} | rappelle-moi ce qu'est {t}",
+               "je ne sais plus ce qu'est {t} | {k} {t} (question générale)"),
+        "de": ("{t}: {k}? | zu {t}: {k}", "allgemeine Frage, nicht zum Bild: {k} {t} | erinnere mich, was {t} ist",
+               "ich weiß nicht mehr, was {t} ist | {k} {t} (allgemeine Frage)"),
+        "es": ("{t}: ¿{k}? | sobre {t}: {k}", "pregunta general, no sobre la imagen: {k} {t} | recuérdame qué es {t}",
+               "no recuerdo qué es {t} | {k} {t} (pregunta general)"),
+    },
+    "vqa": {
+        "en": (
+            "look at the image: {q} {t}? | in the picture, {q} {t}? | on the images I sent, {q} {t}?",
+            "give me a description of the {s} on this scan | the {s} here - how does it look?",
+            "what's visible in this study? | which structures can you see here?",
+            "does this image show {t} or not? | yes or no: {t} on this scan? | true or false, {t} on this image",
+        ),
+        "fr": ("regarde l'image : {q} {t} ? | sur les images envoyées, {q} {t} ?", "donne-moi une description de {s} ici",
+               "que voit-on sur cet examen ? | quelles structures vois-tu ici ?", "oui ou non : {t} sur cette image ?"),
+        "de": ("schau aufs Bild: {q} {t}? | auf den geschickten Bildern, {q} {t}?", "gib mir eine Beschreibung von {s} hier",
+               "was ist auf dieser Untersuchung zu sehen? | welche Strukturen siehst du hier?", "ja oder nein: {t} auf diesem Bild?"),
+        "es": ("mira la imagen: ¿{q} {t}? | en las imágenes enviadas, ¿{q} {t}?", "dame una descripción de {s} aquí",
+               "¿qué se ve en este estudio? | ¿qué estructuras ves aquí?", "sí o no: ¿{t} en esta imagen?"),
+    },
+    "greeting": {
+        "en": ("hello, anyone there? | hi, are you online? | ping", "thank you so much | cheers | much appreciated"),
+        "fr": ("il y a quelqu'un ? | tu es là ? | allô", "merci mille fois | c'est gentil"),
+        "de": ("ist da jemand? | bist du da? | hallo?", "tausend Dank | sehr nett, danke"),
+        "es": ("¿hay alguien? | ¿estás ahí? | ¿hola?", "mil gracias | muy amable"),
+    },
+    "off_topic": {
+        "en": (
+            "who is the president of the United States? | how tall is Mount Everest? | how many planets are there?",
+            "I'm hungry | I'm bored | I'm tired today",
+            "book me a taxi | call my wife | play some music",
+            "how do I fill in my timesheet? | when is my next holiday? | request a day off",
+        ),
+        "fr": ("qui est le président de la France ? | quelle est la hauteur de l'Everest ?", "j'ai faim | je m'ennuie",
+               "appelle un taxi | mets de la musique", "comment remplir ma feuille de temps ? | je veux poser un jour de congé"),
+        "de": ("wer ist der Bundeskanzler? | wie hoch ist der Mount Everest?", "ich habe Hunger | mir ist langweilig",
+               "ruf mir ein Taxi | spiel Musik", "wie fülle ich meinen Stundenzettel aus? | ich möchte einen Tag Urlaub"),
+        "es": ("¿quién es el presidente de España? | ¿cuánto mide el Everest?", "tengo hambre | estoy aburrido",
+               "pídeme un taxi | pon música", "¿cómo relleno la hoja de horas? | quiero pedir un día libre"),
+    },
+    "clarify": {
+        "en": ("this one please | this study | here you go", "your opinion? | thoughts? | so?"),
+        "fr": ("celui-ci stp | cet examen | voilà", "ton avis ? | des idées ?"),
+        "de": ("diese hier bitte | die hier | hier", "deine Meinung? | Ideen?"),
+        "es": ("este por favor | este de aquí | aquí tienes", "¿tu opinión? | ¿ideas?"),
+    },
+}  # fmt: skip
+
 #: clauses that combine into requests for several tools ({a} and {b} of CONNECTORS); they are vocabulary
 #: (a keyword and its object), shared by every split; the connectors are the held-out phrasings
 CLAUSES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -1203,20 +1312,30 @@ class Family:
     templates: tuple[str, ...]
 
 
-def _families(table: dict[str, dict[str, tuple[str, ...]]], kind_prefix: str = "") -> list[Family]:
+def _families(
+    table: dict[str, dict[str, tuple[str, ...]]], kind_prefix: str = "", id_prefix: str = ""
+) -> list[Family]:
     found = []
     for intent, languages in table.items():
         for language, rows in languages.items():
             for index, row in enumerate(rows):
                 kind = f"{kind_prefix}{intent}"
                 templates = tuple(part.strip() for part in row.split(" | "))
-                found.append(Family(f"{kind}.{language}.{index}", kind, language, templates))
+                found.append(Family(f"{id_prefix}{kind}.{language}.{index}", kind, language, templates))
     return found
 
 
+#: the id prefix of the families of TRAINING_PHRASINGS, which are always in the train split
+TRAINING_ONLY = "train-only:"
+
+
 def all_families() -> list[Family]:
-    """Every family: requests, multi-tool clauses and connectors."""
-    families = _families(PHRASINGS) + _families(CLAUSES, "clause:")
+    """Every family: requests, training-only requests, multi-tool clauses and connectors."""
+    families = (
+        _families(PHRASINGS)
+        + _families(TRAINING_PHRASINGS, id_prefix=TRAINING_ONLY)
+        + _families(CLAUSES, "clause:")
+    )
     for language, rows in CONNECTORS.items():
         for index, row in enumerate(rows):
             families.append(
@@ -1240,12 +1359,15 @@ SHARED = "shared"
 def family_splits() -> dict[str, str]:
     """``{family id: split}``: per kind and language, a fifth of the families (at least one of three or
     more) go to test and one of six or more to val; the choice is a fixed hash, not the order written.
-    Clauses are vocabulary, ``SHARED`` by every split (a multi-tool request's connector is held out)."""
+    Clauses are vocabulary, ``SHARED`` by every split (a multi-tool request's connector is held out);
+    ``TRAINING_PHRASINGS`` are train only and do not change how the others split."""
     groups: dict[tuple[str, str], list[Family]] = {}
     splits = {}
     for family in all_families():
         if family.kind.startswith("clause:"):
             splits[family.id] = SHARED
+        elif family.id.startswith(TRAINING_ONLY):
+            splits[family.id] = "train"
         else:
             groups.setdefault((family.kind, family.language), []).append(family)
     for members in groups.values():
@@ -1540,8 +1662,11 @@ class Generator:
         *,
         vary_tools: bool | None = None,
         frame_dropout: float = 0.0,
+        training_frames: bool = False,
     ) -> None:
-        """``frame_dropout``: the share of requests whose frame loses words (``drop_frame_words``); train only."""
+        """``frame_dropout``: the share of requests whose frame loses words (``drop_frame_words``); train only.
+        ``training_frames``: draw training requests from ``TRAINING_PHRASINGS`` too (off by default, so that
+        a seed draws the training requests it drew before they were written)."""
         if split not in SPLITS:
             raise ValueError(f"Invalid 'split' value {split!r} - must be one of {', '.join(SPLITS)}")
         self.split = split
@@ -1558,6 +1683,8 @@ class Generator:
         splits = family_splits()
         self.families: dict[tuple[str, str], list[Family]] = {}
         for family in all_families():
+            if family.id.startswith(TRAINING_ONLY) and not training_frames:
+                continue
             if splits[family.id] in (split, SHARED):
                 self.families.setdefault((family.kind, family.language), []).append(family)
 
@@ -1754,9 +1881,10 @@ def generate(
     *,
     exclude: Iterable[str] = (),
     frame_dropout: float = 0.0,
+    training_frames: bool = False,
 ) -> list[Example]:
     """``count`` requests of ``split``; requests whose lower-cased text is in ``exclude`` are redrawn."""
-    generator = Generator(split, cards, seed, frame_dropout=frame_dropout)
+    generator = Generator(split, cards, seed, frame_dropout=frame_dropout, training_frames=training_frames)
     excluded = {text.strip().lower() for text in exclude}
     examples: list[Example] = []
     attempts = 0
@@ -1860,16 +1988,34 @@ class DataSet:
 
 
 def build_dataset(
-    cards: Sequence[ToolCard], train: int, val: int, test: int, seed: int = 0, frame_dropout: float = 0.0
+    cards: Sequence[ToolCard],
+    train: int,
+    val: int,
+    test: int,
+    seed: int = 0,
+    frame_dropout: float = 0.0,
+    training_frames: bool = False,
 ) -> DataSet:
-    """Train, val and test requests; val and test never repeat a training request's text."""
+    """Train, val and test requests; val and test never repeat a training request's text.
+
+    With ``training_frames`` val and test are those drawn without them (the same held-out requests), and
+    a training request whose text is one of theirs is redrawn instead."""
     train_examples = generate("train", train, cards, seed, frame_dropout=frame_dropout)
     seen = [e.instruction for e in train_examples]
-    return DataSet(
-        train_examples,
-        generate("val", val, cards, seed, exclude=seen),
-        generate("test", test, cards, seed, exclude=seen),
-    )
+    val_examples = generate("val", val, cards, seed, exclude=seen)
+    test_examples = generate("test", test, cards, seed, exclude=seen)
+    if training_frames:
+        held_out = [e.instruction for e in val_examples + test_examples]
+        train_examples = generate(
+            "train",
+            train,
+            cards,
+            seed,
+            exclude=held_out,
+            frame_dropout=frame_dropout,
+            training_frames=True,
+        )
+    return DataSet(train_examples, val_examples, test_examples)
 
 
 def write_dataset(out: Path, dataset: DataSet, cards: Sequence[ToolCard]) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
     medagent planner generate-data --out DIR [--train 4800 --val 100 --test 400 --seed 0]
     medagent planner train --out DIR [--rank 128 --alpha 256 --lr 2e-4 --steps N | --epochs 1 ...]
-                           [--init-adapter DIR] [--frame-dropout P]
+                           [--init-adapter DIR] [--frame-dropout P] [--extra-frames]
     medagent planner eval FILE.jsonl [--planner llm|rules] [--adapter DIR] [--tool SPEC.json] [--json]
     medagent planner add-tool --tool SPEC.json --adapter DIR --out DIR [--steps 80 --lr 5e-5] [--evaluate OLD.jsonl]
 
@@ -134,6 +134,11 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of training requests whose sentence frame loses a word or two (keywords stay)",
     )
+    parser.add_argument(
+        "--extra-frames",
+        action="store_true",
+        help="draw training requests from the training-only sentence frames too (TRAINING_PHRASINGS)",
+    )
     parser.add_argument("--val-examples", type=int, default=DEFAULT_VAL_EXAMPLES)
     parser.add_argument("--test-examples", type=int, default=DEFAULT_TEST_EXAMPLES)
     if not any(action.dest == "seed" for action in parser._actions):
@@ -215,6 +220,7 @@ def _dataset(arguments: argparse.Namespace, cards: list[Any]) -> Any:
         arguments.test_examples,
         arguments.seed,
         arguments.frame_dropout,
+        arguments.extra_frames,
     )
 
 
@@ -295,7 +301,8 @@ def _train(arguments: argparse.Namespace) -> int:
                 arguments.out / f"{split}_eval.jsonl", (eval_item(e) for e in getattr(dataset, split))
             )
         extra["data_source"] = (
-            f"agent_core.planner.data, seed {arguments.seed}, frame dropout {arguments.frame_dropout}: "
+            f"agent_core.planner.data, seed {arguments.seed}, frame dropout {arguments.frame_dropout}, "
+            f"training-only frames {'on' if arguments.extra_frames else 'off'}: "
             f"{arguments.train_examples} train, "
             f"{arguments.val_examples} val, {arguments.test_examples} test requests"
         )

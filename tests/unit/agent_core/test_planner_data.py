@@ -45,6 +45,35 @@ def test_every_family_is_in_one_split_and_each_kind_is_trained_and_tested() -> N
     assert {splits[f.id] for f in families if f.kind.startswith("clause:")} == {data.SHARED}
 
 
+def test_training_only_frames_are_trained_and_leave_every_other_split_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    splits = data.family_splits()
+    families = data.all_families()
+    extra = [f for f in families if f.id.startswith(data.TRAINING_ONLY)]
+    assert len(extra) >= 40 and {splits[f.id] for f in extra} == {"train"}
+    assert {f.kind for f in extra} <= set(data.PHRASINGS)
+
+    def words(template: str) -> str:
+        return re.sub(r"[^\w{}]+", " ", template.lower()).strip()
+
+    held_out = [f for f in families if splits[f.id] in ("val", "test")]
+    for family in extra:  # no held-out frame, nor one within another (beyond a slot and a word)
+        for template in map(words, family.templates):
+            for other in held_out:
+                if (other.kind, other.language) != (family.kind, family.language):
+                    assert template not in map(words, other.templates), (family.id, other.id)
+                    continue
+                for held in map(words, other.templates):
+                    shorter = min(template, held, key=len)
+                    plain = [w for w in shorter.split() if not w.startswith("{")]
+                    contained = shorter in (template if shorter == held else held)
+                    assert template != held and not (contained and len(plain) >= 2), (family.id, other.id)
+    monkeypatch.setattr(data, "TRAINING_PHRASINGS", {})
+    without = data.family_splits()
+    assert without == {k: v for k, v in splits.items() if not k.startswith(data.TRAINING_ONLY)}
+
+
 def test_every_kind_and_language_has_many_frames_with_slots_that_fill() -> None:
     splits = data.family_splits()
     families = data.all_families()
@@ -240,3 +269,20 @@ def test_only_training_requests_lose_frame_words_and_only_when_asked(cards: list
     noisy = data.Generator("train", cards, seed=5, frame_dropout=1.0)
     pairs = [(plain.draw(i).instruction, noisy.draw(i).instruction) for i in range(60)]
     assert sum(len(a.split()) > len(b.split()) for a, b in pairs) >= 10
+
+
+def test_training_only_frames_are_drawn_only_when_asked_and_keep_the_held_out_requests(cards: list) -> None:
+    plain = data.build_dataset(cards, 600, 40, 160, seed=4)
+    again = data.build_dataset(cards, 600, 40, 160, seed=4, training_frames=False)
+    more = data.build_dataset(cards, 600, 40, 160, seed=4, training_frames=True)
+    # off by default: a seed draws the requests it drew before the frames were written
+    assert [e.instruction for e in plain.train] == [e.instruction for e in again.train]
+    assert not any(e.family.startswith(data.TRAINING_ONLY) for e in plain.train)
+    drawn = Counter(e.family.startswith(data.TRAINING_ONLY) for e in more.train)
+    assert drawn[True] >= 20 and drawn[False] >= 400
+    # the held-out requests are those drawn without them, and no training request repeats one
+    for split in ("val", "test"):
+        assert [e.instruction for e in getattr(more, split)] == [e.instruction for e in getattr(plain, split)]
+    held_out = {e.instruction.strip().lower() for e in more.val + more.test}
+    assert not held_out & {e.instruction.strip().lower() for e in more.train}
+    assert all(not e.family.startswith(data.TRAINING_ONLY) for e in more.val + more.test)
