@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from agent_core.planner.llm import (
     encode_prompt,
     encode_reply,
     offered_cards,
+    read_request,
     study_line,
     user_prompt,
 )
@@ -115,6 +117,41 @@ def test_training_and_planning_split_the_prompt_the_same_way(
     assert tokenizer.decode(request).endswith(THOUGHTS_MARK)
     reply = encode_reply(tokenizer, f'{THOUGHTS_MARK}Locate liver.\n"actions🚀"[]\n"value👉"No.')
     assert reply[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+class RecordingDecoder(ScriptedDecoder):
+    """A scripted decoder that keeps the request part of each prompt it is given, as text."""
+
+    def __init__(self, tokenizer: Any, text: str) -> None:
+        super().__init__(tokenizer, text)
+        self.requests: list[str] = []
+
+    def generate(self, prefix: list[int], request: list[int], max_new_tokens: int = 96) -> Generation:
+        self.requests.append(self.tokenizer.decode(request))
+        return super().generate(prefix, request, max_new_tokens)
+
+
+def test_a_request_typed_in_capitals_only_is_read_in_lower_case(
+    planner: LLMPlanner, registry: ToolRegistry
+) -> None:
+    recording = LLMPlanner(registry, planner.settings)
+    decoder = RecordingDecoder(planner.load().tokenizer, f'{THOUGHTS_MARK}x\n"actions🚀"[]\n"value👉"Hello.')
+    recording._decoder = decoder  # type: ignore[assignment]
+    for instruction in (
+        "PLEASE REPORT THIS EXAM ASAP",
+        "¿QUÉ PARTE DEL CUERPO ES?",
+        "Segment the LV",
+        "hi 3",
+    ):
+        recording.plan(instruction, CHEST_CT)
+    requests = [re.search(r"Request: (.*?)<\|im_end\|>", text)[1] for text in decoder.requests]
+    assert requests == [
+        "please report this exam asap",
+        "¿qué parte del cuerpo es?",
+        "Segment the LV",
+        "hi 3",
+    ]
+    assert read_request("Beurteile den Lungenrundherd") == "Beurteile den Lungenrundherd"
 
 
 def test_decoding_stops_at_the_end_of_a_non_empty_action_list() -> None:
