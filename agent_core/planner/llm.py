@@ -7,12 +7,13 @@ is merged into a private copy of the backbone, so the tools that share the backb
 
 The prompt is short on purpose (CPU): a system line, one line per tool that can run on the study's modality
 (``card_line``), the study's metadata in one line without patient identifiers (``study_line``) and the
-request (in lower case when it was typed in capitals only: ``read_request``). The reply is ``"thoughts🤔"<one sentence>\\n"actions🚀"[...]\\n"value👉"<reply>``
-(``Plan.to_mmedagent_text``); decoding is greedy and stops at the end of a non-empty action list (the
-``value`` is then written from the actions by ``plan_value``). The system line and the tool lines are the
-same for every request on the same tools, so their key/value cache is computed once and reused; the reply
-is decoded with prompt-lookup speculation (draft tokens copied from the prompt and from the reply format,
-verified in one forward pass), which gives exactly the greedy text in a fraction of the passes.
+request (in lower case when it was typed in capitals only: ``read_request``). The reply is
+``"thoughts🤔"<one sentence>\\n"actions🚀"[...]\\n"value👉"<reply>`` (``Plan.to_mmedagent_text``); decoding
+is greedy and stops at the end of a non-empty action list (the ``value`` is then written from the actions
+by ``plan_value``). The system line and the tool lines are the same for every request on the same tools,
+so their key/value cache is computed once and reused; the reply is decoded with prompt-lookup speculation
+(draft tokens copied from the prompt and from the reply format, verified in one forward pass), which gives
+exactly the greedy text in a fraction of the passes.
 
 What the model writes is read by ``parse_plan`` and checked by ``ToolRegistry.validate`` and against the
 tools it was offered; a plan that fails (or a model that cannot load) falls back to the rules planner, and
