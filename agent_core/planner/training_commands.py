@@ -112,7 +112,7 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
     )
     add_tool.add_argument("--eval-limit", type=int, default=None, help="only the first N old requests")
     add_tool.add_argument("--seed", type=int, default=0)
-    # 80 steps at 5e-5 with 1,600 replayed requests kept the old tools' selection (MODEL_CARD.md)
+    # 80 steps at 5e-5 with 1,600 replayed requests kept run 5's old-tool selection, not run 8's (MODEL_CARD.md)
     _training_arguments(add_tool, steps_default=80, with_rank=False, lr_default=5e-5)
     config_argument(add_tool)
     add_tool.set_defaults(handler=_add_tool)
