@@ -6,11 +6,16 @@ The requests are a fixed sample of the committed adapter's held-out ``test_eval.
 saw). The table gives, per planner, the cold load (the LLM's weights and the adapter merge), then the time of
 each ``plan`` call: median, 95th percentile and mean, with the tool accuracy and JSON validity on the same
 requests. The goal for the LLM planner is a median under 1.5 s on two cores.
+
+``--adapter DIR --tool SPEC.json`` times an adapter that ``medagent planner add-tool`` wrote, with its tool
+registered by its card: on the studies where that tool runs, a request the added adapter leaves to the old
+one is planned twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,11 +32,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--adapter", type=Path, default=None, help="default: the committed adapter")
+    parser.add_argument(
+        "--tool", type=Path, action="append", default=[], help="register a tool by its SPEC.json card"
+    )
     arguments = parser.parse_args()
 
     import torch
 
-    from agent_core.planner.evaluate import evaluate, load_items, sample_items
+    from agent_core.planner.data import card_from_dict
+    from agent_core.planner.evaluate import evaluate, load_items, registry_with, sample_items
     from agent_core.planner.llm import DEFAULT_ADAPTER, LLMPlanner
     from agent_core.planner.rules import RulesPlanner
     from agent_core.registry import ToolRegistry
@@ -39,7 +48,8 @@ def main() -> int:
 
     torch.set_num_threads(arguments.threads)
     items = sample_items(load_items(DEFAULT_ADAPTER / "test_eval.jsonl"), arguments.requests)
-    registry = ToolRegistry.default(entry_points=False)
+    cards = [card_from_dict(json.loads(path.read_text(encoding="utf-8"))) for path in arguments.tool]
+    registry = registry_with(cards) if cards else ToolRegistry.default(entry_points=False)
     rows = []
 
     started = time.perf_counter()

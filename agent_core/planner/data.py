@@ -2126,6 +2126,21 @@ def new_tool_draws(
     return found
 
 
+def replay_draws(card: ToolCard, cards: Sequence[ToolCard], count: int, seed: int) -> list[Example]:
+    """``count`` old-tool training requests on studies where ``card`` runs (its modalities, or none given),
+    offered with it: the only requests the adapter ``add-tool`` trains is asked (see ``llm.adapter_layers``),
+    and the ones where it must keep choosing the old tools."""
+    pool = max(count * 8, 64)
+    while True:
+        offered = [with_tool_offered(example, card) for example in generate("train", pool, cards, seed)]
+        found = [example for example in offered if card.name in example.offered]
+        if len(found) >= count:
+            return found[:count]
+        if pool >= count * 256:
+            raise RuntimeError(f"too few generated requests on studies where {card.name} runs: {len(found)}")
+        pool *= 4
+
+
 def with_tool_offered(example: Example, card: ToolCard) -> Example:
     """An old example re-offered with the new tool where it runs: the model must keep ignoring it."""
     if card.name in example.offered or (example.modality and example.modality not in card.modalities):

@@ -18,13 +18,24 @@ exactly the greedy text in a fraction of the passes.
 What the model writes is read by ``parse_plan`` and checked by ``ToolRegistry.validate`` and against the
 tools it was offered; a plan that fails (or a model that cannot load) falls back to the rules planner, and
 the log says why. ``LLMPlanner.plan_with_source`` tells which planner produced a plan.
+
+An adapter that ``medagent planner add-tool`` wrote extends the adapter it continued (``extension.json``
+beside it: the tools it added, the adapter it extends and that adapter's SHA-256). Both are loaded, and a
+request is planned by the newest adapter first when one of the tools it added can run on the study; its
+plan is used when it calls one of them, and otherwise the adapter it extends plans the request without
+those tools, exactly as before the tool was added. So adding a tool changes no plan for the old tools but
+those the new adapter routes to the new tool (MODEL_CARD.md of the committed adapter has the figures; an
+adapter that was trained on the old tools for more steps lost old requests, however the replay was mixed).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -414,6 +425,82 @@ def adapter_base(adapter: Path) -> str:
         return ""
 
 
+#: what ``add-tool`` writes beside the adapter it trains: the tools it added and the adapter it extends
+EXTENSION_FILE = "extension.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def adapter_sha256(adapter: Path) -> str:
+    """SHA-256 of an adapter's weights file (``extension.json`` pins the adapter it extends by it)."""
+    digest = hashlib.sha256()
+    with (adapter / ADAPTER_WEIGHTS).open("rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class AdapterLayer:
+    """One adapter of a chain that ``add-tool`` built: its folder and the tools it added to the next one."""
+
+    path: Path
+    added_tools: frozenset[str]
+
+
+def write_extension(adapter: Path, extends: Path, added_tools: Sequence[str]) -> None:
+    """Record in ``adapter`` that it extends ``extends`` with ``added_tools`` (``add-tool`` calls it)."""
+    extends = extends.resolve()
+    # beside each other (as in adapters/), the pair can move together: the path is then relative
+    named = Path("..", extends.name) if extends.parent == adapter.resolve().parent else extends
+    spec = {
+        "extends": str(named),
+        "extends_sha256": adapter_sha256(extends),
+        "added_tools": list(added_tools),
+    }
+    (adapter / EXTENSION_FILE).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+
+
+def adapter_layers(adapter: Path) -> list[AdapterLayer]:
+    """``adapter`` and the adapters it extends, newest first; the last one added no tools.
+
+    Raises ``ValueError`` naming the file when an ``extension.json`` is unreadable, names a missing
+    adapter, one whose weights changed since the extension was trained on it, or a cycle.
+    """
+    layers: list[AdapterLayer] = []
+    seen: set[Path] = set()
+    current = adapter
+    while True:
+        if current.resolve() in seen:
+            raise ValueError(f"{current / EXTENSION_FILE}: the adapters extend each other in a cycle")
+        seen.add(current.resolve())
+        spec_path = current / EXTENSION_FILE
+        if not spec_path.is_file():
+            layers.append(AdapterLayer(current, frozenset()))
+            return layers
+        try:
+            spec = json.loads(spec_path.read_text(encoding="utf-8"))
+            extends = Path(os.path.normpath(current / spec["extends"]))  # an absolute one stays as it is
+            added = frozenset(str(name) for name in spec["added_tools"])
+            pinned = str(spec["extends_sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{spec_path}: unreadable ({type(exc).__name__}: {exc})") from None
+        if not added:
+            raise ValueError(f"{spec_path}: 'added_tools' is empty")
+        try:
+            actual = adapter_sha256(extends)
+        except OSError:
+            raise ValueError(
+                f"{spec_path}: 'extends' names {extends}, which has no {ADAPTER_WEIGHTS}"
+            ) from None
+        if actual != pinned:
+            raise ValueError(
+                f"{spec_path}: the adapter it extends, {extends}, changed after this one was trained on it "
+                "(its SHA-256 differs from 'extends_sha256'); run 'medagent planner add-tool' again"
+            )
+        layers.append(AdapterLayer(current, added))
+        current = extends
+
+
 def exemplar_replies() -> list[str]:
     """Replies that cover the format's fixed parts, used as drafts for speculation."""
     from agent_core.planner import data
@@ -445,7 +532,9 @@ class LLMPlanner:
         self.settings = settings if settings is not None else Settings()
         self.device = device or self.settings.models.device
         self._adapter = adapter if adapter is not None else self.settings.planner.adapter
-        self._decoder: PlanDecoder | None = None
+        self._decoder: PlanDecoder | None = None  # the configured adapter's
+        #: with an adapter ``add-tool`` wrote: (tools it added, decoder) for it and each adapter it extends
+        self._layers: list[tuple[frozenset[str], PlanDecoder]] = []
         self._load_error = ""
         self._rules: RulesPlanner | None = None
         self._load_lock = threading.Lock()
@@ -479,7 +568,10 @@ class LLMPlanner:
         return DEFAULT_ADAPTER
 
     def load(self) -> PlanDecoder:
-        """Load the backbone and merge the adapter, once; ``RuntimeError`` says why it cannot."""
+        """Load the backbone and merge the adapter, once; ``RuntimeError`` says why it cannot.
+
+        Returns the configured adapter's decoder; an adapter ``add-tool`` wrote loads those it extends too.
+        """
         with self._load_lock:
             if self._decoder is not None:
                 return self._decoder
@@ -499,20 +591,37 @@ class LLMPlanner:
         device = resolve_device(self.device)
         base, tokenizer, engine_name = load_causal_lm(self.settings.models, device)
         adapter = self.adapter_path(engine_name)
+        layers = adapter_layers(adapter) if adapter is not None else [None]
 
-        def merged() -> Any:
+        def merged(layer: AdapterLayer | None) -> Any:
             model = copy.deepcopy(base)  # the shared backbone stays as the tools use it
-            if adapter is not None:
+            if layer is not None:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+                model = PeftModel.from_pretrained(model, str(layer.path)).merge_and_unload()
             model.eval()
-            logger.info("LLM planner: %s with adapter %s on %s", engine_name, adapter or "(none)", device)
+            logger.info(
+                "LLM planner: %s with adapter %s on %s",
+                engine_name,
+                layer.path if layer else "(none)",
+                device,
+            )
             return model
 
-        key = ("llm-planner", engine_name, str(self.settings.models.llm or ""), str(adapter or ""), device)
-        model = cached_model(key, merged)
-        return PlanDecoder(model, tokenizer, exemplar_replies())
+        exemplars = exemplar_replies()
+        self._layers = []
+        for layer in layers:
+            key = (
+                "llm-planner",
+                engine_name,
+                str(self.settings.models.llm or ""),
+                str(layer.path if layer else ""),
+                device,
+            )
+            model = cached_model(key, functools.partial(merged, layer))
+            added = layer.added_tools if layer is not None else frozenset()
+            self._layers.append((added, PlanDecoder(model, tokenizer, exemplars)))
+        return self._layers[0][1]
 
     def plan(self, instruction: str, study: StudyContext) -> Plan:
         return self.plan_with_source(instruction, study)[0]
@@ -528,23 +637,39 @@ class LLMPlanner:
         line = study_line(
             study.modality, study.body_part, study.study_description, study.series_description, study.slices
         )
-        prompt = user_prompt(cards, line, read_request(instruction))
-        prefix, request = encode_prompt(decoder.tokenizer, prompt)
-        generation = decoder.generate(prefix, request)
-        try:
-            plan = self._checked(generation.text, cards)
-        except PlanError as exc:
-            return self._fallback(instruction, study, str(exc), generation.text, started, False)
-        seconds = time.perf_counter() - started
-        logger.debug(
-            "LLM planner: %d action(s) %s in %.2f s (%d tokens, %d passes)",
-            len(plan.actions),
-            [a.API_name for a in plan.actions],
-            seconds,
-            generation.tokens,
-            generation.forward_passes,
-        )
-        return plan, PlanSource("llm", generation.text, "", seconds, True)
+        request_text = read_request(instruction)
+        layers = self._layers or [(frozenset(), decoder)]
+        hidden: set[str] = set()  # tools a newer adapter added: the adapters it extends never saw them
+        for position, (added, layer_decoder) in enumerate(layers):
+            last = position == len(layers) - 1
+            layer_cards = [card for card in cards if card.name not in hidden]
+            hidden |= added
+            if not last and not added & {card.name for card in layer_cards}:
+                continue  # none of the tools it added can run on this study
+            prompt = user_prompt(layer_cards, line, request_text)
+            prefix, request = encode_prompt(layer_decoder.tokenizer, prompt)
+            generation = layer_decoder.generate(prefix, request)
+            try:
+                plan = self._checked(generation.text, layer_cards)
+            except PlanError as exc:
+                if last:
+                    return self._fallback(instruction, study, str(exc), generation.text, started, False)
+                continue
+            if not last and not any(action.API_name in added for action in plan.actions):
+                continue  # a plan for the old tools: the adapter it extends plans those
+            seconds = time.perf_counter() - started
+            logger.debug(
+                "LLM planner: %d action(s) %s in %.2f s (%d tokens, %d passes, adapter %d of %d)",
+                len(plan.actions),
+                [a.API_name for a in plan.actions],
+                seconds,
+                generation.tokens,
+                generation.forward_passes,
+                position + 1,
+                len(layers),
+            )
+            return plan, PlanSource("llm", generation.text, "", seconds, True)
+        raise AssertionError("unreachable: the last adapter always answers")
 
     def _checked(self, text: str, cards: Sequence[ToolCard]) -> Plan:
         plan = self.registry.validate(with_prompts_by_shape(parse_plan(text)))

@@ -16,7 +16,9 @@ tool's card (``name``, ``description``, ``modalities``, ``parameters``) plus ``e
 need it (``{"instruction", "params"?, "language"?}``, at least 5; a fifth is held out). It trains on the
 new tool's examples mixed with replayed examples of the old tools (offered beside the new one), starting
 from ``--adapter``, and with ``--evaluate OLD.jsonl`` prints accuracy before and after on the old requests
-and on the new tool's held-out ones. At run time the tool must be registered (an installed
+and on the new tool's held-out ones. The new adapter extends ``--adapter`` (``extension.json``, see
+``agent_core.planner.llm``): configured as ``planner.adapter`` it plans a request with the new tool when it
+calls that tool and leaves every other request to ``--adapter``, which must stay where it is. At run time the tool must be registered (an installed
 ``medagent.tools`` entry point); ``eval --tool SPEC.json`` registers it by its card for evaluation.
 """
 
@@ -106,7 +108,9 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
     )
     add_tool.add_argument("--out", type=Path, required=True, help="folder for the new adapter")
     add_tool.add_argument("--new-examples", type=int, default=400, help="training requests for the new tool")
-    add_tool.add_argument("--replay", type=int, default=1600, help="replayed requests for the old tools")
+    add_tool.add_argument(
+        "--replay", type=int, default=1600, help="replayed old-tool requests on studies where the tool runs"
+    )
     add_tool.add_argument(
         "--evaluate", type=Path, default=None, metavar="OLD.jsonl", help="old requests to score before/after"
     )
@@ -392,7 +396,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 def _add_tool(arguments: argparse.Namespace) -> int:
     from agent_core.planner import data
     from agent_core.planner.evaluate import summary_line
-    from agent_core.planner.llm import DEFAULT_ADAPTER
+    from agent_core.planner.llm import DEFAULT_ADAPTER, write_extension
     from agent_core.planner.train import train
 
     settings = _settings(arguments)
@@ -408,10 +412,7 @@ def _add_tool(arguments: argparse.Namespace) -> int:
     new_test = data.new_tool_draws(
         card, split["test"], cards, max(20, len(split["test"]) * 4), "test", arguments.seed
     )
-    replay = [
-        data.with_tool_offered(example, card)
-        for example in data.generate("train", arguments.replay, cards, arguments.seed + 1)
-    ]
+    replay = data.replay_draws(card, cards, arguments.replay, arguments.seed + 1)
     mixed = new_train + replay
     import random
 
@@ -432,7 +433,7 @@ def _add_tool(arguments: argparse.Namespace) -> int:
         extra_log={
             "data_source": (
                 f"add-tool {card.name}: {len(new_train)} new-tool requests from {len(split['train'])} examples, "
-                f"{len(replay)} replayed old-tool requests (seed {arguments.seed + 1})"
+                f"{len(replay)} replayed old-tool requests on studies where it runs (seed {arguments.seed + 1})"
             ),
             "base_adapter": str(adapter),
             "new_tool": card.name,
@@ -444,6 +445,7 @@ def _add_tool(arguments: argparse.Namespace) -> int:
         )
         return 0
     print(f"{result.out}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
+    write_extension(arguments.out, Path(adapter), [card.name])
     if arguments.evaluate is None:
         return 0
     device = arguments.device

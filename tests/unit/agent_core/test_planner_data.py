@@ -232,6 +232,11 @@ def test_a_new_tool_is_read_from_its_card_and_examples(cards: list) -> None:
     assert all(not e.plan.actions for e in draws if e.modality not in ("CR", "DX"))
     old = next(e for e in data.generate("train", 200, cards) if e.modality == "CR")
     assert data.with_tool_offered(old, card).offered[-1] == "bone_age"
+    replay = data.replay_draws(card, cards, 300, seed=1)
+    assert len(replay) == 300 and replay == data.replay_draws(card, cards, 300, seed=1)
+    assert {e.modality for e in replay} == {"CR", "DX", ""}  # where the added adapter is asked
+    assert all(e.offered[-1] == "bone_age" and "bone_age" not in e.expected_tools for e in replay)
+    assert len({e.instruction for e in replay}) > 200
     with pytest.raises(ValueError, match="'modalities' is missing"):
         data.card_from_dict({"name": "x", "description": "d"})
     with pytest.raises(ValueError, match="at least 5 'examples'"):

@@ -20,15 +20,18 @@ from typing import Any
 import pytest
 
 from agent_core.planner import data
-from agent_core.planner.evaluate import evaluate, load_items, sample_items
+from agent_core.planner.evaluate import evaluate, load_items, registry_with, sample_items
 from agent_core.planner.llm import (
     DEFAULT_ADAPTER,
+    EXTENSION_FILE,
     THOUGHTS_MARK,
+    AdapterLayer,
     Generation,
     LLMPlanner,
     _actions_closed,
     _draft,
     adapter_base,
+    adapter_layers,
     card_line,
     encode_prompt,
     encode_reply,
@@ -36,6 +39,7 @@ from agent_core.planner.llm import (
     read_request,
     study_line,
     user_prompt,
+    write_extension,
 )
 from agent_core.planner.rules import RulesPlanner, StudyContext
 from agent_core.planner.train import TrainConfig, batch_order, train
@@ -151,6 +155,94 @@ def test_a_request_typed_in_capitals_only_is_read_in_lower_case(
         "hi 3",
     ]
     assert read_request("Beurteile den Lungenrundherd") == "Beurteile den Lungenrundherd"
+
+
+# --------------------------------------------------------------------------------- an adapter add-tool wrote
+
+
+BONE_AGE_SPEC = DEFAULT_ADAPTER / "pseudo_tool_bone_age.json"
+BONE_AGE_PLAN = f'{THOUGHTS_MARK}Estimate the bone age.\n"actions🚀"[{{"API_name": "bone_age", "API_params": {{}}}}]\n"value👉"'
+VQA_PLAN = f'{THOUGHTS_MARK}Answer.\n"actions🚀"[{{"API_name": "vqa", "API_params": {{"question": "what is it?"}}}}]\n"value👉"'
+REPORT_PLAN = (
+    f'{THOUGHTS_MARK}Report.\n"actions🚀"[{{"API_name": "report_generation", "API_params": {{}}}}]\n"value👉"'
+)
+
+
+class PromptedDecoder(RecordingDecoder):
+    """Writes the text of the first key found in the request, else ``default``, and records each prompt."""
+
+    def __init__(self, tokenizer: Any, replies: dict[str, str], default: str) -> None:
+        super().__init__(tokenizer, default)
+        self.replies = replies
+        self.prompts: list[str] = []
+
+    def generate(self, prefix: list[int], request: list[int], max_new_tokens: int = 96) -> Generation:
+        self.prompts.append(self.tokenizer.decode(prefix + request))
+        asked = self.tokenizer.decode(request)
+        self.requests.append(asked)
+        text = next((reply for key, reply in self.replies.items() if key in asked), self.text)
+        return Generation(text, 10, 3)
+
+
+def test_an_added_tool_plans_only_the_requests_that_call_it(planner: LLMPlanner) -> None:
+    """The newest adapter is asked first where its tool can run; other requests go to the one it extends."""
+    card = data.card_from_dict(json.loads(BONE_AGE_SPEC.read_text()))
+    registry = registry_with([card])
+    tokenizer = planner.load().tokenizer
+    # the added adapter: bone_age for "hand", a wrong old-tool plan for "nodule", unparsable text for "junk"
+    added = PromptedDecoder(tokenizer, {"hand": BONE_AGE_PLAN, "junk": "no plan at all"}, REPORT_PLAN)
+    extended = PromptedDecoder(tokenizer, {}, VQA_PLAN)
+    layered = LLMPlanner(registry, planner.settings)
+    layered._decoder = added  # type: ignore[assignment]
+    layered._layers = [(frozenset({"bone_age"}), added), (frozenset(), extended)]  # type: ignore[list-item]
+    hand = StudyContext("CR", "HAND")
+
+    plan, source = layered.plan_with_source("how old are the bones of this hand?", hand)
+    assert [a.API_name for a in plan.actions] == ["bone_age"] and source.planner == "llm"
+    assert len(extended.prompts) == 0  # the added adapter's plan calls its tool: used as it is
+
+    for request in ("is this nodule benign?", "junk"):
+        plan, source = layered.plan_with_source(request, hand)
+        assert [a.API_name for a in plan.actions] == ["vqa"] and source.json_valid
+    assert len(added.prompts) == 3 and len(extended.prompts) == 2
+    assert all("bone_age" in prompt for prompt in added.prompts)
+    assert not any("bone_age" in prompt for prompt in extended.prompts)  # as before the tool was added
+
+    plan, _ = layered.plan_with_source("how old are the bones of this hand?", CHEST_CT)
+    assert len(added.prompts) == 3  # bone_age cannot run on CT: the added adapter is not asked
+    assert [a.API_name for a in plan.actions] == ["vqa"]
+
+
+def fake_adapter(folder: Path, weights: bytes) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_an_extension_names_the_adapter_it_extends_and_pins_its_weights(tmp_path: Path) -> None:
+    base = fake_adapter(tmp_path / "adapters" / "base", b"base weights")
+    first = fake_adapter(tmp_path / "adapters" / "first", b"first")
+    write_extension(first, base, ["bone_age"])
+    assert json.loads((first / EXTENSION_FILE).read_text())["extends"] == "../base"  # they move together
+    second = fake_adapter(tmp_path / "elsewhere" / "second", b"second")
+    write_extension(second, first, ["fracture_score", "age"])
+    assert json.loads((second / EXTENSION_FILE).read_text())["extends"] == str(first.resolve())
+    assert adapter_layers(second) == [
+        AdapterLayer(second, frozenset({"fracture_score", "age"})),
+        AdapterLayer(first.resolve(), frozenset({"bone_age"})),
+        AdapterLayer(base.resolve(), frozenset()),
+    ]
+    assert adapter_layers(base) == [AdapterLayer(base, frozenset())]
+
+    (base / "adapter_model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(ValueError, match=r"first/extension.json: the adapter it extends, .*base, changed"):
+        adapter_layers(second)
+    (base / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"'extends' names .*base, which has no adapter_model.safetensors"):
+        adapter_layers(first)
+    (first / EXTENSION_FILE).write_text('{"extends": "../base"}')
+    with pytest.raises(ValueError, match=r"first/extension.json: unreadable \(KeyError"):
+        adapter_layers(first)
 
 
 def test_decoding_stops_at_the_end_of_a_non_empty_action_list() -> None:
@@ -430,6 +522,10 @@ def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_af
         and log["config"]["init_adapter"] == str(base)
     )
     assert json.loads((out / "tool.json").read_text())["name"] == "bone_age"
+    assert adapter_layers(out) == [
+        AdapterLayer(out, frozenset({"bone_age"})),
+        AdapterLayer(base.resolve(), frozenset()),
+    ]
     table = json.loads((out / "add_tool_eval.json").read_text())
     assert set(table) == {"old tools, before", "old tools, after", "new tool, before", "new tool, after"}
     assert table["old tools, before"]["n"] == 1 and table["new tool, after"]["n"] >= 20
