@@ -50,6 +50,7 @@ from tests.helpers.tiny_models import save_tiny_llama
 from tools.llm import SMOLLM2_ENGINE
 
 HELD_OUT = DEFAULT_ADAPTER / "test_eval.jsonl"
+BONE_AGE_ADAPTER = DEFAULT_ADAPTER.parent / "smollm2-planner-bone-age"
 CHEST_CT = StudyContext("CT", "CHEST")
 
 
@@ -305,6 +306,27 @@ def test_the_committed_adapter_reaches_the_goal_on_held_out_requests(held_out: d
     wrong = [row for row in report["items"] if not row["ok"]]
     assert report["tool_accuracy"] >= 0.95, wrong
     assert report["json_valid_rate"] >= 0.99, wrong
+
+
+def test_the_committed_bone_age_adapter_adds_its_tool_and_keeps_the_old_plans(
+    planner: LLMPlanner, held_out: dict[str, Any]
+) -> None:
+    """MMedAgent's pseudo-tool experiment with the adapter ``add-tool`` wrote (MODEL_CARD.md, "Adding a tool")."""
+    assert adapter_layers(BONE_AGE_ADAPTER) == [
+        AdapterLayer(BONE_AGE_ADAPTER, frozenset({"bone_age"})),
+        AdapterLayer(DEFAULT_ADAPTER, frozenset()),
+    ]
+    card = data.card_from_dict(json.loads(BONE_AGE_SPEC.read_text()))
+    registry = registry_with([card])
+    extended = LLMPlanner(registry, planner.settings, adapter=BONE_AGE_ADAPTER)
+    # the goal test's held-out requests on studies where bone_age runs: the only ones the new adapter sees
+    before = {row["id"]: row for row in held_out["llm"]["items"]}
+    old = [item for item in sample_items(load_items(HELD_OUT), 100) if item.modality in ("CR", "DX", "")]
+    after = evaluate(extended, old, registry)
+    assert len(old) >= 20 and after["json_valid_rate"] == 1.0
+    assert sum(row["ok"] for row in after["items"]) >= sum(before[row["id"]]["ok"] for row in after["items"])
+    new = evaluate(extended, load_items(BONE_AGE_ADAPTER / "new_tool_test_eval.jsonl"), registry)
+    assert new["n"] == 24 and new["tool_accuracy"] >= 0.625, new["items"]  # 17 of 24 in MODEL_CARD.md
 
 
 def test_the_committed_adapter_plans_held_out_requests_better_than_the_rules(
