@@ -620,6 +620,13 @@ class LLMPlanner:
             )
             model = cached_model(key, functools.partial(merged, layer))
             added = layer.added_tools if layer is not None else frozenset()
+            unknown = sorted(set(added) - set(self.registry.names()))
+            if unknown:
+                logger.warning(
+                    "LLM planner: adapter %s adds %s, not registered here: it plans nothing until they are",
+                    layer.path if layer else "",
+                    ", ".join(unknown),
+                )
             self._layers.append((added, PlanDecoder(model, tokenizer, exemplars)))
         return self._layers[0][1]
 

@@ -502,7 +502,10 @@ def test_the_committed_adapter_is_not_applied_to_another_backbone(
 
 
 def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_after(
-    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_llama: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``medagent planner add-tool`` on a configured backbone: the new adapter keeps the base's LoRA shape."""
     from dicom_node.cli import main
@@ -548,6 +551,16 @@ def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_af
         AdapterLayer(out, frozenset({"bone_age"})),
         AdapterLayer(base.resolve(), frozenset()),
     ]
+    # configured where bone_age is not registered: both adapters load, the added one is never asked
+    unregistered = LLMPlanner(
+        ToolRegistry.default(entry_points=False),
+        Settings(models=ModelsSection(device="cpu", llm=tiny_llama)),
+        adapter=out,
+    )
+    with caplog.at_level(logging.WARNING, logger="agent_core.planner.llm"):
+        plan, _ = unregistered.plan_with_source("estimate the bone age", StudyContext("CR", "HAND"))
+    assert len(unregistered._layers) == 2 and "bone_age" not in [a.API_name for a in plan.actions]
+    assert "adds bone_age, not registered here" in caplog.text
     table = json.loads((out / "add_tool_eval.json").read_text())
     assert set(table) == {"old tools, before", "old tools, after", "new tool, before", "new tool, after"}
     assert table["old tools, before"]["n"] == 1 and table["new tool, after"]["n"] >= 20
