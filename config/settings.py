@@ -338,6 +338,10 @@ class PlannerSection(_Strict):
     def _check_adapter(cls, value: Path | None) -> Path | None:
         if value is not None and not (value / "adapter_config.json").is_file():
             raise ValueError(f"'{value}' is not a LoRA adapter folder (no adapter_config.json)")
+        if value is not None:  # an adapter add-tool wrote: the adapters it extends must be there, unchanged
+            from agent_core.planner.llm import adapter_layers
+
+            adapter_layers(value)
         return value
 
 

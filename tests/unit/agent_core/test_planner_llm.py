@@ -45,7 +45,8 @@ from agent_core.planner.rules import RulesPlanner, StudyContext
 from agent_core.planner.train import TrainConfig, batch_order, train
 from agent_core.protocol import Action
 from agent_core.registry import ToolRegistry
-from config.settings import ModelsSection, PlannerSection, Settings
+from config import ConfigError
+from config.settings import ModelsSection, PlannerSection, Settings, parse_settings
 from tests.helpers.tiny_models import save_tiny_llama
 from tools.llm import SMOLLM2_ENGINE
 
@@ -235,9 +236,13 @@ def test_an_extension_names_the_adapter_it_extends_and_pins_its_weights(tmp_path
     ]
     assert adapter_layers(base) == [AdapterLayer(base, frozenset())]
 
+    (first / "adapter_config.json").write_text("{}")
+    assert PlannerSection(adapter=first).adapter == first
     (base / "adapter_model.safetensors").write_bytes(b"retrained")
     with pytest.raises(ValueError, match=r"first/extension.json: the adapter it extends, .*base, changed"):
         adapter_layers(second)
+    with pytest.raises(ConfigError, match=r"planner.adapter.*the adapter it extends, .*base, changed"):
+        parse_settings({"planner": {"kind": "llm", "adapter": str(first)}}, environ={})
     (base / "adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match=r"'extends' names .*base, which has no adapter_model.safetensors"):
         adapter_layers(first)
