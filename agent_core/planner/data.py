@@ -2128,8 +2128,8 @@ def new_tool_draws(
 
 def replay_draws(card: ToolCard, cards: Sequence[ToolCard], count: int, seed: int) -> list[Example]:
     """``count`` old-tool training requests on studies where ``card`` runs (its modalities, or none given),
-    offered with it: the only requests the adapter ``add-tool`` trains is asked (see ``llm.adapter_layers``),
-    and the ones where it must keep choosing the old tools."""
+    offered with it: the only requests that the adapter ``add-tool`` trains is ever asked to plan (see
+    ``llm.adapter_layers``), and those where it must keep leaving the old tools' requests alone."""
     pool = max(count * 8, 64)
     while True:
         offered = [with_tool_offered(example, card) for example in generate("train", pool, cards, seed)]

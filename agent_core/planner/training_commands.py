@@ -18,8 +18,10 @@ new tool's examples mixed with replayed examples of the old tools (offered besid
 from ``--adapter``, and with ``--evaluate OLD.jsonl`` prints accuracy before and after on the old requests
 and on the new tool's held-out ones. The new adapter extends ``--adapter`` (``extension.json``, see
 ``agent_core.planner.llm``): configured as ``planner.adapter`` it plans a request with the new tool when it
-calls that tool and leaves every other request to ``--adapter``, which must stay where it is. At run time the tool must be registered (an installed
-``medagent.tools`` entry point); ``eval --tool SPEC.json`` registers it by its card for evaluation.
+calls that tool and leaves every other request to ``--adapter``, which must stay where it is. The replayed
+requests are drawn on studies where the new tool runs, the only ones the new adapter is asked. At run time
+the tool must be registered (an installed ``medagent.tools`` entry point); ``eval --tool SPEC.json``
+registers it by its card for evaluation.
 """
 
 from __future__ import annotations
