@@ -15,7 +15,6 @@ one is planned twice.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,16 +38,16 @@ def main() -> int:
 
     import torch
 
-    from agent_core.planner.data import card_from_dict
     from agent_core.planner.evaluate import evaluate, load_items, registry_with, sample_items
     from agent_core.planner.llm import DEFAULT_ADAPTER, LLMPlanner
     from agent_core.planner.rules import RulesPlanner
+    from agent_core.planner.training_commands import read_tool_spec
     from agent_core.registry import ToolRegistry
     from config.settings import ModelsSection, Settings
 
     torch.set_num_threads(arguments.threads)
     items = sample_items(load_items(DEFAULT_ADAPTER / "test_eval.jsonl"), arguments.requests)
-    cards = [card_from_dict(json.loads(path.read_text(encoding="utf-8"))) for path in arguments.tool]
+    cards = [read_tool_spec(path)[0] for path in arguments.tool]
     registry = registry_with(cards) if cards else ToolRegistry.default(entry_points=False)
     rows = []
 

@@ -199,7 +199,8 @@ def _cards(settings: Any) -> list[Any]:
     return default_cards(settings.models)
 
 
-def _read_spec(path: Path) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+def read_tool_spec(path: Path) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """A new tool's SPEC.json: its card, its example requests and the spec; ``SystemExit`` says what is wrong."""
     from agent_core.planner.data import card_from_dict, new_tool_examples
 
     try:
@@ -371,7 +372,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     from agent_core.planner.evaluate import summary_line
 
     settings = _settings(arguments)
-    cards = [_read_spec(path)[0] for path in arguments.tool]
+    cards = [read_tool_spec(path)[0] for path in arguments.tool]
     try:
         report = _run_eval(
             arguments.file,
@@ -402,7 +403,7 @@ def _add_tool(arguments: argparse.Namespace) -> int:
     from agent_core.planner.train import train
 
     settings = _settings(arguments)
-    card, examples, spec = _read_spec(arguments.tool)
+    card, examples, spec = read_tool_spec(arguments.tool)
     cards = _cards(settings)
     if card.name in {c.name for c in cards}:
         raise SystemExit(f"medagent: a tool named {card.name!r} is already built in")
