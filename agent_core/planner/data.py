@@ -2126,13 +2126,16 @@ def new_tool_draws(
     return found
 
 
-def replay_draws(card: ToolCard, cards: Sequence[ToolCard], count: int, seed: int) -> list[Example]:
-    """``count`` old-tool training requests on studies where ``card`` runs (its modalities, or none given),
-    offered with it: the only requests that the adapter ``add-tool`` trains is ever asked to plan (see
-    ``llm.adapter_layers``), and those where it must keep leaving the old tools' requests alone."""
+def replay_draws(
+    card: ToolCard, cards: Sequence[ToolCard], count: int, seed: int, split: str = "train"
+) -> list[Example]:
+    """``count`` old-tool requests of ``split`` on studies where ``card`` runs (its modalities, or none
+    given), offered with it: the only requests that the adapter ``add-tool`` trains is ever asked to plan
+    (see ``llm.adapter_layers``), and those where it must keep leaving the old tools' requests alone (the
+    training replay; with ``split="val"``, the requests its threshold is calibrated on)."""
     pool = max(count * 8, 64)
     while True:
-        offered = [with_tool_offered(example, card) for example in generate("train", pool, cards, seed)]
+        offered = [with_tool_offered(example, card) for example in generate(split, pool, cards, seed)]
         found = [example for example in offered if card.name in example.offered]
         if len(found) >= count:
             return found[:count]

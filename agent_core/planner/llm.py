@@ -23,9 +23,14 @@ An adapter that ``medagent planner add-tool`` wrote extends the adapter it conti
 beside it: the tools it added, the adapter it extends and that adapter's SHA-256). Both are loaded, and a
 request is planned by the newest adapter first when one of the tools it added can run on the study; its
 plan is used when it calls one of them, and otherwise the adapter it extends plans the request without
-those tools, exactly as before the tool was added. So adding a tool changes no plan for the old tools but
-those the new adapter routes to the new tool (MODEL_CARD.md of the committed adapter has the figures; an
-adapter that was trained on the old tools for more steps lost old requests, however the replay was mixed).
+those tools, exactly as before the tool was added. The new adapter's plan is also set aside when it was
+not sure enough of it: the reply's first word (the verb of its thoughts, where the format decides between
+tools) must have had at least the probability ``min_first_probability`` of ``extension.json``, which
+``add-tool`` sets above every false call of the new tool on old-tool requests of the val sentence families
+(``training_commands.calibrate_extension``). So adding a tool changes no plan for the old tools but
+those the new adapter routes to the new tool that confidently (MODEL_CARD.md of the committed adapter has
+the figures; an adapter that was trained on the old tools for more steps lost old requests, however the
+replay was mixed).
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ MAX_NEW_TOKENS = 96
 #: how the plan's thoughts name a tool the study was not offered (``data.build_plan`` writes it)
 NOT_OFFERED = re.compile(r"needs (\w+), not offered")
 MAX_DRAFT_TOKENS = 12
+#: the least probability an extension adapter must give the first word of a reply that calls a tool it
+#: added, for that reply to be used, when its ``extension.json`` names none (``add-tool`` calibrates one:
+#: ``training_commands.calibrate_extension``); below it, the adapter it extends plans the request
+EXTENSION_MIN_FIRST_PROBABILITY = 0.5
 MAX_INSTRUCTION_CHARS = 400
 MAX_DESCRIPTION_CHARS = 40
 _SHORT_DESCRIPTION_WORDS = 14
@@ -320,11 +329,13 @@ def _draft(context: list[int], corpora: Sequence[list[int]], limit: int) -> list
 
 @dataclass(frozen=True)
 class Generation:
-    """What the model wrote (from the ``"thoughts🤔"`` marker on), and what it cost."""
+    """What the model wrote (from the ``"thoughts🤔"`` marker on), what it cost, and the probability the
+    model gave the first token it wrote (the first word of the thoughts, where the format decides)."""
 
     text: str
     tokens: int
     forward_passes: int
+    first_probability: float = 1.0
 
 
 class PlanDecoder:
@@ -371,7 +382,9 @@ class PlanDecoder:
                 input_ids=torch.tensor([request], device=device), past_key_values=cache, use_cache=True
             )
             passes = 1
-            generated = [int(output.logits[0, -1].argmax())]
+            first = output.logits[0, -1].float().softmax(-1)
+            generated = [int(first.argmax())]
+            first_probability = float(first[generated[0]])
             prompt = list(prefix) + list(request)
             while generated[-1] != self.end_id and len(generated) < max_new_tokens:
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
@@ -398,7 +411,7 @@ class PlanDecoder:
                     if token == self.end_id:
                         break
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
-        return Generation(THOUGHTS_MARK + text, len(generated), passes)
+        return Generation(THOUGHTS_MARK + text, len(generated), passes, first_probability)
 
 
 # ----------------------------------------------------------------------------------------------- planner
@@ -441,22 +454,28 @@ def adapter_sha256(adapter: Path) -> str:
 
 @dataclass(frozen=True)
 class AdapterLayer:
-    """One adapter of a chain that ``add-tool`` built: its folder and the tools it added to the next one."""
+    """One adapter of a chain that ``add-tool`` built: its folder, the tools it added to the next one, and
+    the first-word probability a plan of its that calls one of them needs to be used."""
 
     path: Path
     added_tools: frozenset[str]
+    min_first_probability: float = EXTENSION_MIN_FIRST_PROBABILITY
 
 
-def write_extension(adapter: Path, extends: Path, added_tools: Sequence[str]) -> None:
+def write_extension(
+    adapter: Path, extends: Path, added_tools: Sequence[str], min_first_probability: float | None = None
+) -> None:
     """Record in ``adapter`` that it extends ``extends`` with ``added_tools`` (``add-tool`` calls it)."""
     extends = extends.resolve()
     # beside each other (as in adapters/), the pair can move together: the path is then relative
     named = Path("..", extends.name) if extends.parent == adapter.resolve().parent else extends
-    spec = {
+    spec: dict[str, Any] = {
         "extends": str(named),
         "extends_sha256": adapter_sha256(extends),
         "added_tools": list(added_tools),
     }
+    if min_first_probability is not None:
+        spec["min_first_probability"] = min_first_probability
     (adapter / EXTENSION_FILE).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
 
 
@@ -482,10 +501,13 @@ def adapter_layers(adapter: Path) -> list[AdapterLayer]:
             extends = Path(os.path.normpath(current / spec["extends"]))  # an absolute one stays as it is
             added = frozenset(str(name) for name in spec["added_tools"])
             pinned = str(spec["extends_sha256"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            threshold = float(spec.get("min_first_probability", EXTENSION_MIN_FIRST_PROBABILITY))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{spec_path}: unreadable ({type(exc).__name__}: {exc})") from None
         if not added:
             raise ValueError(f"{spec_path}: 'added_tools' is empty")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"{spec_path}: 'min_first_probability' must be between 0 and 1, not {threshold}")
         try:
             actual = adapter_sha256(extends)
         except OSError:
@@ -497,7 +519,7 @@ def adapter_layers(adapter: Path) -> list[AdapterLayer]:
                 f"{spec_path}: the adapter it extends, {extends}, changed after this one was trained on it "
                 "(its SHA-256 differs from 'extends_sha256'); run 'medagent planner add-tool' again"
             )
-        layers.append(AdapterLayer(current, added))
+        layers.append(AdapterLayer(current, added, threshold))
         current = extends
 
 
@@ -533,8 +555,9 @@ class LLMPlanner:
         self.device = device or self.settings.models.device
         self._adapter = adapter if adapter is not None else self.settings.planner.adapter
         self._decoder: PlanDecoder | None = None  # the configured adapter's
-        #: with an adapter ``add-tool`` wrote: (tools it added, decoder) for it and each adapter it extends
-        self._layers: list[tuple[frozenset[str], PlanDecoder]] = []
+        #: with an adapter ``add-tool`` wrote: (tools it added, decoder, the first-word probability a plan
+        #: calling one of them needs) for it and each adapter it extends, newest first
+        self._layers: list[tuple[frozenset[str], PlanDecoder, float]] = []
         self._load_error = ""
         self._rules: RulesPlanner | None = None
         self._load_lock = threading.Lock()
@@ -620,6 +643,7 @@ class LLMPlanner:
             )
             model = cached_model(key, functools.partial(merged, layer))
             added = layer.added_tools if layer is not None else frozenset()
+            threshold = layer.min_first_probability if layer is not None else EXTENSION_MIN_FIRST_PROBABILITY
             unknown = sorted(set(added) - set(self.registry.names()))
             if unknown:
                 logger.warning(
@@ -627,7 +651,7 @@ class LLMPlanner:
                     layer.path if layer else "",
                     ", ".join(unknown),
                 )
-            self._layers.append((added, PlanDecoder(model, tokenizer, exemplars)))
+            self._layers.append((added, PlanDecoder(model, tokenizer, exemplars), threshold))
         return self._layers[0][1]
 
     def plan(self, instruction: str, study: StudyContext) -> Plan:
@@ -645,25 +669,32 @@ class LLMPlanner:
             study.modality, study.body_part, study.study_description, study.series_description, study.slices
         )
         request_text = read_request(instruction)
-        layers = self._layers or [(frozenset(), decoder)]
+        layers = self._layers or [(frozenset(), decoder, EXTENSION_MIN_FIRST_PROBABILITY)]
         hidden: set[str] = set()  # tools a newer adapter added: the adapters it extends never saw them
-        for position, (added, layer_decoder) in enumerate(layers):
+        for position, (added, layer_decoder, threshold) in enumerate(layers):
             last = position == len(layers) - 1
             layer_cards = [card for card in cards if card.name not in hidden]
             hidden |= added
             if not last and not added & {card.name for card in layer_cards}:
                 continue  # none of the tools it added can run on this study
-            prompt = user_prompt(layer_cards, line, request_text)
-            prefix, request = encode_prompt(layer_decoder.tokenizer, prompt)
-            generation = layer_decoder.generate(prefix, request)
-            try:
-                plan = self._checked(generation.text, layer_cards)
-            except PlanError as exc:
+            generation, plan = self._ask(layer_decoder, layer_cards, line, request_text)
+            if isinstance(plan, PlanError):
                 if last:
-                    return self._fallback(instruction, study, str(exc), generation.text, started, False)
+                    return self._fallback(instruction, study, str(plan), generation.text, started, False)
                 continue
             if not last and not any(action.API_name in added for action in plan.actions):
                 continue  # a plan for the old tools: the adapter it extends plans those
+            if not last and generation.first_probability < threshold:
+                logger.debug(
+                    "LLM planner: adapter %d of %d called %s with a first-word probability of %.2f (below "
+                    "%.2f); the adapter it extends plans the request",
+                    position + 1,
+                    len(layers),
+                    [a.API_name for a in plan.actions],
+                    generation.first_probability,
+                    threshold,
+                )
+                continue
             seconds = time.perf_counter() - started
             logger.debug(
                 "LLM planner: %d action(s) %s in %.2f s (%d tokens, %d passes, adapter %d of %d)",
@@ -677,6 +708,35 @@ class LLMPlanner:
             )
             return plan, PlanSource("llm", generation.text, "", seconds, True)
         raise AssertionError("unreachable: the last adapter always answers")
+
+    def _ask(
+        self, decoder: PlanDecoder, cards: Sequence[ToolCard], line: str, request_text: str
+    ) -> tuple[Generation, Plan | PlanError]:
+        """One adapter's reply to the prompt of ``cards``, and its plan or why it cannot be used."""
+        prefix, request = encode_prompt(decoder.tokenizer, user_prompt(cards, line, request_text))
+        generation = decoder.generate(prefix, request)
+        try:
+            return generation, self._checked(generation.text, cards)
+        except PlanError as exc:
+            return generation, exc
+
+    def newest_adapter_call(self, instruction: str, study: StudyContext) -> tuple[list[str], float] | None:
+        """The tools that the newest adapter's own plan calls (none when it is unusable) and the probability
+        it gave the plan's first word, with no threshold applied; ``None`` when the configured adapter adds
+        no tool or none of those it added can run on the study. ``calibrate_extension`` reads it."""
+        self.load()
+        if len(self._layers) < 2:
+            return None
+        added, decoder, _ = self._layers[0]
+        cards = offered_cards(self.registry, study.modality)
+        if not added & {card.name for card in cards}:
+            return None
+        line = study_line(
+            study.modality, study.body_part, study.study_description, study.series_description, study.slices
+        )
+        generation, plan = self._ask(decoder, cards, line, read_request(instruction))
+        tools = [] if isinstance(plan, PlanError) else [action.API_name for action in plan.actions]
+        return tools, generation.first_probability
 
     def _checked(self, text: str, cards: Sequence[ToolCard]) -> Plan:
         plan = self.registry.validate(with_prompts_by_shape(parse_plan(text)))

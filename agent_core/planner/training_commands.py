@@ -5,6 +5,8 @@
                            [--init-adapter DIR] [--frame-dropout P] [--extra-frames]
     medagent planner eval FILE.jsonl [--planner llm|rules] [--adapter DIR] [--tool SPEC.json] [--json]
     medagent planner add-tool --tool SPEC.json --adapter DIR --out DIR [--steps 80 --lr 5e-5] [--evaluate OLD.jsonl]
+                              [--calibrate 400]
+    medagent planner calibrate --adapter DIR --tool SPEC.json [--requests 400]
 
 ``train`` generates its data (``agent_core.planner.data``, seeded by ``--seed``) unless ``--data`` names a
 JSONL of conversations, trains a LoRA adapter into ``--out`` (resuming a checkpoint there) and writes the
@@ -19,7 +21,12 @@ from ``--adapter``, and with ``--evaluate OLD.jsonl`` prints accuracy before and
 and on the new tool's held-out ones. The new adapter extends ``--adapter`` (``extension.json``, see
 ``agent_core.planner.llm``): configured as ``planner.adapter`` it plans a request with the new tool when it
 calls that tool and leaves every other request to ``--adapter``, which must stay where it is. The replayed
-requests are drawn on studies where the new tool runs, the only ones the new adapter is asked. At run time
+requests are drawn on studies where the new tool runs, the only ones the new adapter is asked. Before it
+evaluates, ``add-tool`` calibrates the new adapter (``calibrate``, also a command of its own for an adapter
+trained before): it plans ``--calibrate`` old-tool requests of the val sentence families on studies where
+the new tool runs, and sets ``min_first_probability`` in ``extension.json`` just above the highest
+first-word probability among the plans that call the new tool by mistake (at least 0.5), so that at run
+time a new-tool plan less sure than those is left to ``--adapter``. At run time
 the tool must be registered (an installed ``medagent.tools`` entry point); ``eval --tool SPEC.json``
 registers it by its card for evaluation.
 """
@@ -30,6 +37,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TRAIN_EXAMPLES = 4800
 DEFAULT_VAL_EXAMPLES = 100
 DEFAULT_TEST_EXAMPLES = 400
+#: old-tool val requests on which ``calibrate`` counts an extension's false calls of the tools it added
+CALIBRATION_REQUESTS = 400
 
 
 def register_training_commands(commands: Any, default_config: Path) -> None:
@@ -117,11 +127,31 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
         "--evaluate", type=Path, default=None, metavar="OLD.jsonl", help="old requests to score before/after"
     )
     add_tool.add_argument("--eval-limit", type=int, default=None, help="only the first N old requests")
+    add_tool.add_argument(
+        "--calibrate",
+        type=int,
+        default=CALIBRATION_REQUESTS,
+        metavar="N",
+        help="old-tool val requests that set the new adapter's min_first_probability (0: keep 0.5)",
+    )
     add_tool.add_argument("--seed", type=int, default=0)
     # 80 steps at 5e-5 with 1,600 replayed requests kept run 5's old-tool selection, not run 8's (MODEL_CARD.md)
     _training_arguments(add_tool, steps_default=80, with_rank=False, lr_default=5e-5)
     config_argument(add_tool)
     add_tool.set_defaults(handler=_add_tool)
+
+    calibrate = subcommands.add_parser(
+        "calibrate", help="set the first-word probability an adapter add-tool wrote needs to call its tool"
+    )
+    calibrate.add_argument("--adapter", type=Path, required=True, help="an adapter add-tool wrote")
+    calibrate.add_argument(
+        "--tool", type=Path, action="append", required=True, help="SPEC.json of a tool it added"
+    )
+    calibrate.add_argument("--requests", type=int, default=CALIBRATION_REQUESTS, metavar="N")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--device", default=None, help="torch device (default: models.device)")
+    config_argument(calibrate)
+    calibrate.set_defaults(handler=_calibrate)
 
 
 def _share(text: str) -> float:
@@ -449,9 +479,14 @@ def _add_tool(arguments: argparse.Namespace) -> int:
         return 0
     print(f"{result.out}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
     write_extension(arguments.out, Path(adapter), [card.name])
+    device = arguments.device
+    if arguments.calibrate > 0:
+        calibration = calibrate_extension(
+            arguments.out, [card], settings, arguments.calibrate, arguments.seed + 2, device
+        )
+        print(calibration.summary())
     if arguments.evaluate is None:
         return 0
-    device = arguments.device
     table = {
         "old tools, before": _run_eval(
             arguments.evaluate, "llm", settings, Path(adapter), [], arguments.eval_limit, device
@@ -469,4 +504,83 @@ def _add_tool(arguments: argparse.Namespace) -> int:
     )
     for name, report in table.items():
         print(f"{name:18}  {summary_line(report)}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``calibrate_extension`` saw and chose."""
+
+    adapter: Path
+    requests: int  # old-tool requests on studies where an added tool runs
+    false_calls: list[tuple[str, float]]  # (request, first-word probability) of plans calling an added tool
+    min_first_probability: float
+
+    def summary(self) -> str:
+        found = ", ".join(f"{p:.3f}" for _, p in sorted(self.false_calls, key=lambda call: call[1]))
+        return (
+            f"{self.adapter}: {len(self.false_calls)} of {self.requests} old-tool val requests called an added "
+            f"tool (first-word probabilities: {found or 'none'}); min_first_probability "
+            f"{self.min_first_probability:.2f}"
+        )
+
+
+def calibrate_extension(
+    adapter: Path, cards: list[Any], settings: Any, requests: int, seed: int, device: str | None = None
+) -> Calibration:
+    """Set ``min_first_probability`` of an adapter ``add-tool`` wrote: the smallest value (in hundredths,
+    at least ``EXTENSION_MIN_FIRST_PROBABILITY``) above the first-word probability of every plan in which
+    it calls one of the tools it added (``cards``) for one of ``requests`` old-tool requests of the val
+    sentence families (never the test ones) on studies where such a tool runs."""
+    import math
+
+    from tqdm import tqdm
+
+    from agent_core.planner import data
+    from agent_core.planner.evaluate import registry_with
+    from agent_core.planner.llm import (
+        EXTENSION_MIN_FIRST_PROBABILITY,
+        LLMPlanner,
+        adapter_layers,
+        write_extension,
+    )
+    from agent_core.planner.rules import StudyContext
+
+    layers = adapter_layers(adapter)
+    if len(layers) < 2:
+        raise ValueError(f"{adapter}: not an adapter that add-tool wrote (no extension.json)")
+    added = layers[0].added_tools
+    known = {card.name for card in cards}
+    if not added <= known:
+        raise ValueError(f"{adapter} adds {sorted(added)}: give the SPEC.json of {sorted(added - known)}")
+    old_cards = _cards(settings)
+    examples: list[Any] = []
+    for card in cards:
+        share = -(-requests // len(cards))
+        examples += data.replay_draws(card, old_cards, share, seed, split="val")
+    planner = LLMPlanner(registry_with(cards, settings.models), settings, adapter=adapter, device=device)
+    false_calls: list[tuple[str, float]] = []
+    for example in tqdm(examples, desc=f"calibrate {adapter.name}", unit="request", leave=False):
+        study = StudyContext(modality=example.modality, body_part=example.body_part)
+        call = planner.newest_adapter_call(example.instruction, study)
+        if call is not None and added & set(call[0]):
+            false_calls.append((example.instruction, call[1]))
+    highest = max((probability for _, probability in false_calls), default=0.0)
+    threshold = max(EXTENSION_MIN_FIRST_PROBABILITY, min(1.0, math.floor(highest * 100) / 100 + 0.01))
+    extends = layers[1].path
+    write_extension(adapter, extends, sorted(added), round(threshold, 2))
+    return Calibration(adapter, len(examples), false_calls, round(threshold, 2))
+
+
+def _calibrate(arguments: argparse.Namespace) -> int:
+    settings = _settings(arguments)
+    cards = [read_tool_spec(path)[0] for path in arguments.tool]
+    try:
+        calibration = calibrate_extension(
+            arguments.adapter, cards, settings, arguments.requests, arguments.seed + 2, arguments.device
+        )
+    except (OSError, ValueError) as exc:
+        print(f"medagent: {exc}", file=sys.stderr)
+        return 2
+    print(calibration.summary())
     return 0

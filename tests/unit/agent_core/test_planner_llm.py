@@ -24,6 +24,7 @@ from agent_core.planner.evaluate import evaluate, load_items, registry_with, sam
 from agent_core.planner.llm import (
     DEFAULT_ADAPTER,
     EXTENSION_FILE,
+    EXTENSION_MIN_FIRST_PROBABILITY,
     THOUGHTS_MARK,
     AdapterLayer,
     Generation,
@@ -171,11 +172,15 @@ REPORT_PLAN = (
 
 
 class PromptedDecoder(RecordingDecoder):
-    """Writes the text of the first key found in the request, else ``default``, and records each prompt."""
+    """Writes the text of the first key found in the request, else ``default``, and records each prompt;
+    ``unsure`` gives the first word's probability for requests with one of its keys (else 0.9)."""
 
-    def __init__(self, tokenizer: Any, replies: dict[str, str], default: str) -> None:
+    def __init__(
+        self, tokenizer: Any, replies: dict[str, str], default: str, unsure: dict[str, float] | None = None
+    ) -> None:
         super().__init__(tokenizer, default)
         self.replies = replies
+        self.unsure = unsure or {}
         self.prompts: list[str] = []
 
     def generate(self, prefix: list[int], request: list[int], max_new_tokens: int = 96) -> Generation:
@@ -183,7 +188,8 @@ class PromptedDecoder(RecordingDecoder):
         asked = self.tokenizer.decode(request)
         self.requests.append(asked)
         text = next((reply for key, reply in self.replies.items() if key in asked), self.text)
-        return Generation(text, 10, 3)
+        probability = next((p for key, p in self.unsure.items() if key in asked), 0.9)
+        return Generation(text, 10, 3, probability)
 
 
 def test_an_added_tool_plans_only_the_requests_that_call_it(planner: LLMPlanner) -> None:
@@ -196,7 +202,7 @@ def test_an_added_tool_plans_only_the_requests_that_call_it(planner: LLMPlanner)
     extended = PromptedDecoder(tokenizer, {}, VQA_PLAN)
     layered = LLMPlanner(registry, planner.settings)
     layered._decoder = added  # type: ignore[assignment]
-    layered._layers = [(frozenset({"bone_age"}), added), (frozenset(), extended)]  # type: ignore[list-item]
+    layered._layers = [(frozenset({"bone_age"}), added, 0.5), (frozenset(), extended, 0.5)]  # type: ignore[list-item]
     hand = StudyContext("CR", "HAND")
 
     plan, source = layered.plan_with_source("how old are the bones of this hand?", hand)
@@ -213,6 +219,29 @@ def test_an_added_tool_plans_only_the_requests_that_call_it(planner: LLMPlanner)
     plan, _ = layered.plan_with_source("how old are the bones of this hand?", CHEST_CT)
     assert len(added.prompts) == 3  # bone_age cannot run on CT: the added adapter is not asked
     assert [a.API_name for a in plan.actions] == ["vqa"]
+
+
+def test_an_added_tool_is_called_only_when_its_adapter_is_sure_enough(planner: LLMPlanner) -> None:
+    """A new tool's plan whose first word had less than the layer's ``min_first_probability`` is set aside."""
+    card = data.card_from_dict(json.loads(BONE_AGE_SPEC.read_text()))
+    tokenizer = planner.load().tokenizer
+    added = PromptedDecoder(tokenizer, {}, BONE_AGE_PLAN, unsure={"rippen": 0.85, "hand": 0.86})
+    extended = PromptedDecoder(tokenizer, {}, VQA_PLAN)
+    layered = LLMPlanner(registry_with([card]), planner.settings)
+    layered._decoder = added  # type: ignore[assignment]
+    layered._layers = [(frozenset({"bone_age"}), added, 0.86), (frozenset(), extended, 0.5)]  # type: ignore[list-item]
+    plan, _ = layered.plan_with_source("how old are the bones of this hand?", StudyContext("DX", "HAND"))
+    assert [a.API_name for a in plan.actions] == ["bone_age"] and not extended.prompts
+    plan, source = layered.plan_with_source("kurz: wo ist die rippenfraktur?", StudyContext("DX", "CHEST"))
+    assert [a.API_name for a in plan.actions] == ["vqa"] and source.planner == "llm"
+    assert len(added.prompts) == 2 and len(extended.prompts) == 1
+    assert "bone_age" not in extended.prompts[0]
+    # calibration reads the newest adapter's own call, whatever its threshold
+    assert layered.newest_adapter_call("kurz: wo ist die rippenfraktur?", StudyContext("DX", "CHEST")) == (
+        ["bone_age"],
+        0.85,
+    )
+    assert layered.newest_adapter_call("any fracture?", CHEST_CT) is None  # bone_age cannot run on CT
 
 
 def fake_adapter(folder: Path, weights: bytes) -> Path:
@@ -251,6 +280,20 @@ def test_an_extension_names_the_adapter_it_extends_and_pins_its_weights(tmp_path
         adapter_layers(first)
 
 
+def test_an_extension_keeps_the_first_word_probability_its_tool_needs(tmp_path: Path) -> None:
+    base = fake_adapter(tmp_path / "base", b"base weights")
+    added = fake_adapter(tmp_path / "added", b"added")
+    write_extension(added, base, ["bone_age"], 0.86)
+    assert adapter_layers(added)[0] == AdapterLayer(added, frozenset({"bone_age"}), 0.86)
+    write_extension(added, base, ["bone_age"])  # not calibrated: more than all other first words together
+    assert adapter_layers(added)[0].min_first_probability == EXTENSION_MIN_FIRST_PROBABILITY == 0.5
+    spec = json.loads((added / EXTENSION_FILE).read_text())
+    for wrong, error in ((1.5, "must be between 0 and 1, not 1.5"), ("high", "unreadable \\(ValueError")):
+        (added / EXTENSION_FILE).write_text(json.dumps({**spec, "min_first_probability": wrong}))
+        with pytest.raises(ValueError, match=rf"added/extension.json: .*{error}"):
+            adapter_layers(added)
+
+
 def test_decoding_stops_at_the_end_of_a_non_empty_action_list() -> None:
     assert (
         _actions_closed('"thoughts🤔"x\n"actions🚀"[{"API_name": "vqa", "API_params": {"q": "a]"}}]') is True
@@ -281,6 +324,12 @@ def test_speculative_decoding_gives_the_greedy_text(planner: LLMPlanner, registr
     text = decoder.tokenizer.decode(greedy[0, len(prefix + request) :], skip_special_tokens=True)
     assert generation.text == THOUGHTS_MARK + text
     assert generation.forward_passes < generation.tokens
+    with torch.inference_mode():  # the first token's probability, from one plain forward pass
+        first = decoder.model(torch.tensor([prefix + request])).logits[0, -1].float().softmax(-1)
+    assert generation.first_probability == pytest.approx(
+        float(first[greedy[0, len(prefix + request)]]), abs=1e-3
+    )
+    assert 0.0 < generation.first_probability <= 1.0
 
 
 # ---------------------------------------------------------------------------------------- the adapter
@@ -318,7 +367,7 @@ def test_the_committed_bone_age_adapter_adds_its_tool_and_keeps_the_old_plans(
 ) -> None:
     """MMedAgent's pseudo-tool experiment with the adapter ``add-tool`` wrote (MODEL_CARD.md, "Adding a tool")."""
     assert adapter_layers(BONE_AGE_ADAPTER) == [
-        AdapterLayer(BONE_AGE_ADAPTER, frozenset({"bone_age"})),
+        AdapterLayer(BONE_AGE_ADAPTER, frozenset({"bone_age"}), 0.87),
         AdapterLayer(DEFAULT_ADAPTER, frozenset()),
     ]
     card = data.card_from_dict(json.loads(BONE_AGE_SPEC.read_text()))
@@ -329,9 +378,14 @@ def test_the_committed_bone_age_adapter_adds_its_tool_and_keeps_the_old_plans(
     old = [item for item in sample_items(load_items(HELD_OUT), 100) if item.modality in ("CR", "DX", "")]
     after = evaluate(extended, old, registry)
     assert len(old) >= 20 and after["json_valid_rate"] == 1.0
-    assert sum(row["ok"] for row in after["items"]) >= sum(before[row["id"]]["ok"] for row in after["items"])
+    # none is read as bone_age with the calibrated min_first_probability: each keeps its plan
+    changed = [
+        row for row in after["items"] if row["predicted_tools"] != before[row["id"]]["predicted_tools"]
+    ]
+    assert not changed, changed
     new = evaluate(extended, load_items(BONE_AGE_ADAPTER / "new_tool_test_eval.jsonl"), registry)
-    assert new["n"] == 24 and new["tool_accuracy"] >= 0.625, new["items"]  # 17 of 24 in MODEL_CARD.md
+    # 15 of 24 in MODEL_CARD.md; two of them are within 0.01 of the threshold, so one may tip on other CPUs
+    assert new["n"] == 24 and new["tool_accuracy"] >= 14 / 24, new["items"]
 
 
 def test_the_committed_adapter_plans_held_out_requests_better_than_the_rules(
@@ -543,6 +597,8 @@ def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_af
         "6",
         "--batch-size",
         "3",
+        "--calibrate",
+        "8",
     ]
     assert main([*arguments, "--evaluate", str(old), "--no-progress", "--max-length", "512"]) == 0
     log = json.loads((out / "training_log.json").read_text())
@@ -552,10 +608,21 @@ def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_af
         and log["config"]["init_adapter"] == str(base)
     )
     assert json.loads((out / "tool.json").read_text())["name"] == "bone_age"
-    assert adapter_layers(out) == [
-        AdapterLayer(out, frozenset({"bone_age"})),
-        AdapterLayer(base.resolve(), frozenset()),
+    layers = adapter_layers(out)
+    assert [(layer.path, layer.added_tools) for layer in layers] == [
+        (out, frozenset({"bone_age"})),
+        (base.resolve(), frozenset()),
     ]
+    # calibrated on 8 old-tool val requests: at least 0.5, and above each false call of bone_age
+    printed = capsys.readouterr().out
+    calibration = re.search(r"(\d+) of 8 old-tool val requests called an added tool \(first-word "
+                            r"probabilities: ([^)]*)\); min_first_probability (\S+)", printed)  # fmt: skip
+    assert calibration, printed
+    found = [] if calibration[2] == "none" else [float(p) for p in calibration[2].split(", ")]
+    assert len(found) == int(calibration[1])
+    threshold = json.loads((out / EXTENSION_FILE).read_text())["min_first_probability"]
+    assert layers[0].min_first_probability == threshold == float(calibration[3])
+    assert threshold >= 0.5 and all(p < threshold for p in found)
     # configured where bone_age is not registered: both adapters load, the added one is never asked
     unregistered = LLMPlanner(
         ToolRegistry.default(entry_points=False),
@@ -569,7 +636,7 @@ def test_add_tool_continues_an_adapter_in_its_own_shape_and_scores_before_and_af
     table = json.loads((out / "add_tool_eval.json").read_text())
     assert set(table) == {"old tools, before", "old tools, after", "new tool, before", "new tool, after"}
     assert table["old tools, before"]["n"] == 1 and table["new tool, after"]["n"] >= 20
-    assert "old tools, after" in capsys.readouterr().out
+    assert "old tools, after" in printed
 
 
 def test_train_continues_an_adapter_in_its_own_shape(tiny_llama: Path, tmp_path: Path) -> None:
@@ -594,3 +661,18 @@ def test_train_continues_an_adapter_in_its_own_shape(tiny_llama: Path, tmp_path:
 
     with pytest.raises(SystemExit, match="cannot read the adapter .*nowhere"):
         main([*arguments, "--init-adapter", str(tmp_path / "nowhere")])
+
+
+def test_calibrate_says_what_is_wrong_with_its_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dicom_node.cli import main
+
+    calibrate = ["planner", "calibrate", "--tool", str(BONE_AGE_SPEC), "--requests", "4"]
+    assert main([*calibrate, "--adapter", str(DEFAULT_ADAPTER)]) == 2
+    assert "not an adapter that add-tool wrote (no extension.json)" in capsys.readouterr().err
+    base = fake_adapter(tmp_path / "base", b"base weights")
+    added = fake_adapter(tmp_path / "added", b"added")
+    write_extension(added, base, ["fracture_score"])
+    assert main([*calibrate, "--adapter", str(added)]) == 2
+    assert "give the SPEC.json of ['fracture_score']" in capsys.readouterr().err
