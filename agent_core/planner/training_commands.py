@@ -554,9 +554,10 @@ def calibrate_extension(
     if not added <= known:
         raise ValueError(f"{adapter} adds {sorted(added)}: give the SPEC.json of {sorted(added - known)}")
     old_cards = _cards(settings)
+    added_cards = [card for card in cards if card.name in added]
+    share = -(-requests // len(added_cards))  # the requests, spread over the studies of each added tool
     examples: list[Any] = []
-    for card in cards:
-        share = -(-requests // len(cards))
+    for card in added_cards:
         examples += data.replay_draws(card, old_cards, share, seed, split="val")
     planner = LLMPlanner(registry_with(cards, settings.models), settings, adapter=adapter, device=device)
     false_calls: list[tuple[str, float]] = []
