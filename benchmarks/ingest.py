@@ -6,7 +6,7 @@ The 55-slice chest CT of ../shared/data is copied ``--copies`` times with new St
 Instance UIDs (so that every instance is new to every receiver) and sent by one ``storescu`` association
 (TCP_NODELAY=1, maximum PDU 128 KiB, the largest DCMTK allows). The receivers:
 
-- the node: ``medagent serve`` with no route (ingest only): checks, fsync'ed spool file, index row in
+- the node: ``medagent serve`` with no route (ingest only): checks, spool file written with O_DSYNC (synced as by fdatasync), index row in
   SQLite (synchronous=FULL) before each Success; with ``--node-processes N`` also a row for the node
   with ``node.listener_processes: N`` (the node hands each connection to the least loaded of N
   processes; see dicom_node.listeners), which matters with ``--associations`` above 1;
@@ -14,7 +14,7 @@ Instance UIDs (so that every instance is new to every receiver) and sent by one 
 - Orthanc with its default ``SyncStorageArea: true`` and a 128 KiB maximum PDU;
 - for reference, pynetdicom alone: an SCP that answers Success at once and stores nothing; and the same
   SCP on the node's acceptor (``dicom_node.transport``: event-driven, C-STORE requests on its short
-  path), the floor under the node's own work (checks, fsync'ed spool file, index row);
+  path), the floor under the node's own work (checks, synced spool file, index row);
 - for reference, the disk alone: each file written to a new file, fsync'ed, and its folder fsync'ed, one
   after the other, with no network and no DICOM: the floor that durable storage puts under any receiver
   that answers only once an instance is on disk (storescp does not wait for the disk).

@@ -28,10 +28,12 @@ without a decoder) is accepted when nothing else is offered. pynetdicom's global
 ``_config.UNRESTRICTED_STORAGE_SERVICE`` would do the first part for the whole process, but it accepts
 the peer's first transfer syntax whatever it is and cannot refuse a SOP class, so the node does not use it.
 
-Throughput without giving up durability: a new instance is written and fsync'ed to ``spool/.incoming/``
-in a worker thread while it is checked, and hashed in another (both let go of the GIL); it is renamed into
-place when the checks pass, and the fsync of its folder runs while the index row is committed. Success is
-answered only when the file, its folder and the index row are on disk. Nagle's algorithm is turned off
+Throughput without giving up durability: a new instance is checked in a worker thread and hashed in
+another while the receiving thread writes it to ``spool/.incoming/`` in one ``O_DSYNC`` write, which lets
+go of the GIL until the data is on disk (the checks are Python and hold the GIL: a worker that wrote would
+have to wait for them between its calls, and on two cores the write then took the checks' time on top);
+it is renamed into place when the checks pass, and the fsync of its folder runs while the index row is
+committed. Success is answered only when the file, its folder and the index row are on disk. Nagle's algorithm is turned off
 on every connection, as each C-STORE response is one small write.
 
 A new association beyond ``node.max_associations`` is rejected by pynetdicom with A-ASSOCIATE-RJ
@@ -91,7 +93,7 @@ from dicom_node.received import (
     inspect_received,
 )
 from dicom_node.routing import select_route
-from dicom_node.spool import Spool, sync_directory
+from dicom_node.spool import Spool, sync_directory, write_synced
 from dicom_node.transport import start_server
 from dicom_node.uids import is_valid_uid
 
@@ -257,7 +259,7 @@ class StorageSCP:
         self._listener_max_dataset_bytes = settings.node.max_dataset_bytes  # set again by start()
         self._lock = threading.Lock()
         self._instance_locks = InstanceLocks(spool.root.parent)
-        #: hashing, staging writes and folder fsyncs: up to three at a time for each association
+        #: hashing, checks and folder fsyncs: up to three at a time for each association
         self._io = self._executor()
         restricted = settings.node.restrict_sop_classes
         self._allowed_sop_classes = None if restricted is None else frozenset(restricted)
@@ -612,6 +614,7 @@ class StorageSCP:
             return self._refuse(event, audit, InstanceRejected(DATA_SET_TOO_LARGE, reason, quarantine=False))
         data = stream.getbuffer()
         hashing: Future[str] | None = None
+        checking: Future[tuple[ReceivedInstance, Any]] | None = None
         staging: Future[Path] | None = None
         try:
             transfer_syntax_uid = str(event.context.transfer_syntax)
@@ -621,21 +624,23 @@ class StorageSCP:
             # one store at a time per SOP Instance UID (in stripes), from the index read to the answer, so
             # that a resend on another association finds this one's row
             with self._instance_locks.hold(sop_instance_uid):
-                # beside the checks, in other threads (hashlib and file writes let go of the GIL): the hash,
-                # and the write and fsync of a new instance to spool/.incoming/
-                hashing = self._io.submit(content_hash, data)
+                hashing = self._io.submit(content_hash, data)  # hashlib lets go of the GIL
                 try:
                     existing = self.index.instance(sop_instance_uid)
                 except INDEX_ERRORS:
                     logger.exception("index read failed for %s", sop_instance_uid)
                     return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
+                # the checks in a worker, while this thread writes a new instance to spool/.incoming/ in
+                # one call that lets go of the GIL until the data is on disk: the worker has the GIL to
+                # itself meanwhile (the other way round, a writing worker would wait for the checks)
+                checking = self._io.submit(
+                    _checked_instance, data, stream, transfer_syntax_uid, sop_class_uid, sop_instance_uid,
+                    self.settings.routes,
+                )  # fmt: skip
                 if existing is None:
-                    staging = self._io.submit(self.spool.stage, (meta, data))
+                    staging = self._stage(meta, data)
                 try:
-                    instance = inspect_received(
-                        data, stream, transfer_syntax_uid, sop_class_uid, sop_instance_uid
-                    )
-                    route = select_route(self.settings.routes, instance.header)
+                    instance, route = checking.result()
                 except InstanceRejected as rejected:
                     return self._refuse(event, audit, rejected, data)
                 except Exception as exc:  # a value the routes read does not convert
@@ -647,12 +652,22 @@ class StorageSCP:
                     event, audit, instance, (meta, data), hashing, staging, route, existing
                 )
         finally:
-            # the buffer must not be released while it is hashed or written; a staged file that was not
-            # moved into place (refused, a resend, a failure) is deleted
-            wait([future for future in (hashing, staging) if future is not None])
+            # the buffer must not be released while it is hashed, checked or written; a staged file that was
+            # not moved into place (refused, a resend, a failure) is deleted
+            wait([future for future in (hashing, checking, staging) if future is not None])
             if staging is not None and staging.exception() is None:
                 self.spool.discard(staging.result())
             data.release()
+
+    def _stage(self, meta: bytes, data: memoryview) -> Future[Path]:
+        """Write a new instance to ``spool/.incoming/`` durably, in this thread; a done future of its path
+        or of the ``OSError`` that stopped it (``_spool_and_index`` answers that)."""
+        staging: Future[Path] = Future()
+        try:
+            staging.set_result(write_synced(self.spool.open_staged(), (meta, data)))
+        except OSError as exc:
+            staging.set_exception(exc)
+        return staging
 
     def _spool_and_index(
         self,
@@ -668,7 +683,7 @@ class StorageSCP:
         """Store and index an instance that passed the checks: new, an identical resend, or a new version.
 
         ``existing`` is the index row under its SOP Instance UID, read under the caller's stripe lock. A
-        new instance was staged (written and fsync'ed) while it was checked: it is renamed into place.
+        new instance was staged (written durably) while it was checked: it is renamed into place.
         The fsync of its folder runs while the index row is committed (its own fsync), and both are done
         before Success is answered.
         """
@@ -789,6 +804,19 @@ class StorageSCP:
         hint = sop_instance_uid if is_valid_uid(sop_instance_uid) else "invalid-uid"
         self.spool.quarantine(kept, record, hint)
         return status_with_comment(rejected.status, rejected.reason)
+
+
+def _checked_instance(
+    data: memoryview,
+    stream: io.BytesIO,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    routes: Sequence[Any],
+) -> tuple[ReceivedInstance, Any]:
+    """``inspect_received`` and the route it selects (``StorageSCP._store`` runs it in a worker)."""
+    instance = inspect_received(data, stream, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
+    return instance, select_route(routes, instance.header)
 
 
 def _spool_failed(sop_instance_uid: str, exc: OSError) -> Dataset:

@@ -1,9 +1,11 @@
 """Durable storage of received instances: ``spool/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``.
 
-A file is written as ``.dcm.part``, fsync'ed, renamed and its folder fsync'ed, so that an instance the
-SCP acknowledged survives a crash or power loss. The SCP writes a new instance to ``spool/.incoming/``
-first (``stage``), while it still checks the data set, and renames it into place once the checks pass
-(``commit``) or deletes it (``discard``); what is left there after a crash was never acknowledged. When an instance arrives again with different content,
+A file is written as ``.dcm.part`` with ``O_DSYNC`` (the write returns once the data is on disk, as with
+an ``fdatasync``), renamed and its folder fsync'ed, so that an instance the SCP acknowledged survives a
+crash or power loss. The SCP writes a new instance to ``spool/.incoming/`` first (``open_staged`` and
+``write_synced``), while it still checks the data set, and renames it into place once the checks pass
+(``commit``) or deletes it (``discard``); what is left there after a crash was never acknowledged. When an
+instance arrives again with different content,
 the file it replaces is kept beside it as ``<SOPUID>.v<N>.dcm`` (N = 1 for the first version); a version
 file is never overwritten. Rejected objects go to ``quarantine/`` with a ``.reason.txt``.
 """
@@ -15,6 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_node.uids import uid_for_path
@@ -35,25 +38,47 @@ def _parts(data: Buffer | Sequence[Buffer]) -> Sequence[Buffer]:
     return (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
 
 
-def _write_partial(path: Path, data: Buffer | Sequence[Buffer], make_folder: bool = True) -> Path:
-    """Write ``data`` (one buffer or several, in order) to ``<path>.part`` and fsync it; return that path."""
+@dataclass(frozen=True)
+class OpenFile:
+    """A ``.part`` file opened for ``write_synced``: its path and descriptor."""
+
+    path: Path
+    descriptor: int
+
+
+def open_partial(path: Path, make_folder: bool = True) -> OpenFile:
+    """Create ``<path>.part`` for writing with ``O_DSYNC``: each write returns once its data, and what is
+    needed to read it back (size, blocks), is on disk, as if ``fdatasync`` followed it."""
     if make_folder:
         path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    return OpenFile(partial, os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC, 0o640))
+
+
+def write_synced(file: OpenFile, data: Buffer | Sequence[Buffer]) -> Path:
+    """Write ``data`` (one buffer or several, in order) to a file of ``open_partial`` and close it; return
+    its path. One ``writev`` does it (more only if the kernel writes less): a single call that lets go of
+    the GIL for the whole write and sync, so that it runs beside Python work in other threads."""
     try:
-        for part in _parts(data):
-            view = memoryview(part).cast("B")
-            while view:
-                written = os.write(descriptor, view)
-                view = view[written:]
-        os.fsync(descriptor)
+        views = [view for view in (memoryview(part).cast("B") for part in _parts(data)) if view.nbytes]
+        while views:
+            written = os.writev(file.descriptor, views)
+            while views and written >= views[0].nbytes:
+                written -= views[0].nbytes
+                views.pop(0)
+            if views:
+                views[0] = views[0][written:]
     except BaseException:
-        os.close(descriptor)
-        partial.unlink(missing_ok=True)
+        os.close(file.descriptor)
+        file.path.unlink(missing_ok=True)
         raise
-    os.close(descriptor)
-    return partial
+    os.close(file.descriptor)
+    return file.path
+
+
+def _write_partial(path: Path, data: Buffer | Sequence[Buffer], make_folder: bool = True) -> Path:
+    """Write ``data`` (one buffer or several, in order) durably to ``<path>.part``; return that path."""
+    return write_synced(open_partial(path, make_folder), data)
 
 
 def write_durably(
@@ -128,13 +153,14 @@ class Spool:
         self._folders.add(path.parent)
         return path
 
-    def stage(self, data: Buffer | Sequence[Buffer]) -> Path:
-        """Write an instance to ``.incoming/`` and fsync it, before its UIDs are known to be valid."""
+    def open_staged(self) -> OpenFile:
+        """A new file in ``.incoming/`` for an instance whose UIDs are not yet known to be valid; write it
+        with ``write_synced`` (the caller opens it in its own thread and hands only the write to another)."""
         path = self.incoming / uuid.uuid4().hex
         try:
-            return _write_partial(path, data, make_folder=False)
+            return open_partial(path, make_folder=False)
         except FileNotFoundError:  # .incoming was removed (or a file system mounted over the spool)
-            return _write_partial(path, data, make_folder=True)
+            return open_partial(path, make_folder=True)
 
     def commit(
         self,

@@ -187,16 +187,16 @@ def test_a_full_disk_answers_a700_leaves_nothing_behind_and_the_retry_succeeds(s
     mounted = os.geteuid() == 0 and _mount_tmpfs(spool, "1300k")
     try:
         if not mounted:  # no permission to mount: the third write fails as a full disk would
-            real_write = os.write
+            real_writev = os.writev
             budget = {"left": 2 * 530_000}
 
-            def write(descriptor: int, data) -> int:
-                budget["left"] -= len(data)
+            def writev(descriptor: int, buffers) -> int:
+                budget["left"] -= sum(len(buffer) for buffer in buffers)
                 if budget["left"] < 0:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                return real_write(descriptor, data)
+                return real_writev(descriptor, buffers)
 
-            monkeypatch.setattr("dicom_node.spool.os.write", write)
+            monkeypatch.setattr("dicom_node.spool.os.writev", writev)
         assoc = open_association(scp.port, [(CTImageStorage, [ImplicitVRLittleEndian])])
         try:
             statuses = [assoc.send_c_store(dataset) for dataset in slices]
