@@ -6,8 +6,9 @@ The 55-slice chest CT of ../shared/data is copied ``--copies`` times with new St
 Instance UIDs (so that every instance is new to every receiver) and sent by one ``storescu`` association
 (TCP_NODELAY=1, maximum PDU 128 KiB, the largest DCMTK allows). The receivers:
 
-- the node: ``medagent serve`` with no route (ingest only): checks, spool file written with O_DSYNC (synced as by fdatasync), index row in
-  SQLite (synchronous=FULL) before each Success; with ``--node-processes N`` also a row for the node
+- the node: ``medagent serve`` with no route (ingest only): checks, spool file written with O_DSYNC
+  (synced as by fdatasync), index row in SQLite (synchronous=FULL) before each Success; with
+  ``--node-processes N`` also a row for the node
   with ``node.listener_processes: N`` (the node hands each connection to the least loaded of N
   processes; see dicom_node.listeners), which matters with ``--associations`` above 1;
 - ``storescp -od``: DCMTK's reference SCP, writes each file without fsync;
