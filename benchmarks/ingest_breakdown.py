@@ -6,8 +6,8 @@ The SCP runs alone in this process (spool and SQLite index, no tracker, no worke
 C-STORE wrapped in a timer that adds up wall time and the CPU time of the thread that ran it. The chest CT
 of ../shared/data is sent ``--copies`` times with new UIDs (``benchmarks/ingest.py``'s files) by one
 storescu association. The table prints, per step, how often it ran and its mean wall and CPU milliseconds;
-steps nest (``_answer`` holds ``handle_store``, which holds ``_store``...), and staging and hashing run in
-worker threads beside the checks. Below it: instances per second, and the process's user and system CPU
+steps nest (``_answer`` holds ``handle_store``, which holds ``_store``...), and the checks and the hash run
+in worker threads beside the staged write. Below it: instances per second, and the process's user and system CPU
 per instance, which is what limits several associations at once (one core: the GIL).
 
 The timers cost a little themselves: the instances per second here are below ``ingest.py``'s.
@@ -46,12 +46,12 @@ STEPS: list[tuple[Any, str, str]] = [
     (transport._StoreReceiver, "_answer", "  C-STORE handler + response"),
     (scp_module.StorageSCP, "_store", "    _store"),
     (scp_module.Index, "instance", "      index read"),
-    (scp_module, "inspect_received", "      inspect (walk + header)"),
+    (scp_module, "write_synced", "      staged write (O_DSYNC)"),
+    (scp_module, "inspect_received", "      inspect (worker)"),
     (scp_module.StorageSCP, "_spool_and_index", "      spool and index"),
     (scp_module.Spool, "commit", "        rename into place"),
     (scp_module.Index, "record_instance", "        index row (commit)"),
     (scp_module, "sync_directory", "        folder fsync (worker)"),
-    (scp_module.Spool, "stage", "  staged write + fsync (worker)"),
     (scp_module, "content_hash", "  content hash (worker)"),
 ]
 
