@@ -33,8 +33,8 @@ another while the receiving thread writes it to ``spool/.incoming/`` in one ``O_
 go of the GIL until the data is on disk (the checks are Python and hold the GIL: a worker that wrote would
 have to wait for them between its calls, and on two cores the write then took the checks' time on top);
 it is renamed into place when the checks pass, and the fsync of its folder runs while the index row is
-committed. Success is answered only when the file, its folder and the index row are on disk. Nagle's algorithm is turned off
-on every connection, as each C-STORE response is one small write.
+committed. Success is answered only when the file, its folder and the index row are on disk. Nagle's
+algorithm is turned off on every connection, as each C-STORE response is one small write.
 
 A new association beyond ``node.max_associations`` is rejected by pynetdicom with A-ASSOCIATE-RJ
 "rejected-transient", source "service-provider (presentation)", reason "local-limit-exceeded": the sender

@@ -5,9 +5,8 @@ an ``fdatasync``), renamed and its folder fsync'ed, so that an instance the SCP 
 crash or power loss. The SCP writes a new instance to ``spool/.incoming/`` first (``open_staged`` and
 ``write_synced``), while it still checks the data set, and renames it into place once the checks pass
 (``commit``) or deletes it (``discard``); what is left there after a crash was never acknowledged. When an
-instance arrives again with different content,
-the file it replaces is kept beside it as ``<SOPUID>.v<N>.dcm`` (N = 1 for the first version); a version
-file is never overwritten. Rejected objects go to ``quarantine/`` with a ``.reason.txt``.
+instance arrives again with different content, the file it replaces is kept beside it as
+``<SOPUID>.v<N>.dcm`` (N = 1 for the first version); a version file is never overwritten. Rejected objects go to ``quarantine/`` with a ``.reason.txt``.
 """
 
 from __future__ import annotations
@@ -155,7 +154,7 @@ class Spool:
 
     def open_staged(self) -> OpenFile:
         """A new file in ``.incoming/`` for an instance whose UIDs are not yet known to be valid; write it
-        with ``write_synced`` (the caller opens it in its own thread and hands only the write to another)."""
+        with ``write_synced``."""
         path = self.incoming / uuid.uuid4().hex
         try:
             return open_partial(path, make_folder=False)
