@@ -6,7 +6,8 @@ crash or power loss. The SCP writes a new instance to ``spool/.incoming/`` first
 ``write_synced``), while it still checks the data set, and renames it into place once the checks pass
 (``commit``) or deletes it (``discard``); what is left there after a crash was never acknowledged. When an
 instance arrives again with different content, the file it replaces is kept beside it as
-``<SOPUID>.v<N>.dcm`` (N = 1 for the first version); a version file is never overwritten. Rejected objects go to ``quarantine/`` with a ``.reason.txt``.
+``<SOPUID>.v<N>.dcm`` (N = 1 for the first version); a version file is never overwritten. Rejected
+objects go to ``quarantine/`` with a ``.reason.txt``.
 """
 
 from __future__ import annotations
