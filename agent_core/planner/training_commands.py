@@ -129,7 +129,7 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
     add_tool.add_argument("--eval-limit", type=int, default=None, help="only the first N old requests")
     add_tool.add_argument(
         "--calibrate",
-        type=int,
+        type=_count,
         default=CALIBRATION_REQUESTS,
         metavar="N",
         help="old-tool val requests that set the new adapter's min_first_probability (0: keep 0.5)",
@@ -147,11 +147,19 @@ def register_training_commands(commands: Any, default_config: Path) -> None:
     calibrate.add_argument(
         "--tool", type=Path, action="append", required=True, help="SPEC.json of a tool it added"
     )
-    calibrate.add_argument("--requests", type=int, default=CALIBRATION_REQUESTS, metavar="N")
+    calibrate.add_argument("--requests", type=_count, default=CALIBRATION_REQUESTS, metavar="N")
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument("--device", default=None, help="torch device (default: models.device)")
     config_argument(calibrate)
     calibrate.set_defaults(handler=_calibrate)
+
+
+def _count(text: str) -> int:
+    """A whole number of requests, 0 or more (argparse reports the error with the option's name)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"Invalid value {text!r} - must be 0 or more")
+    return value
 
 
 def _share(text: str) -> float:

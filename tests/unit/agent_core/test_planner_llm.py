@@ -676,3 +676,6 @@ def test_calibrate_says_what_is_wrong_with_its_arguments(
     write_extension(added, base, ["fracture_score"])
     assert main([*calibrate, "--adapter", str(added)]) == 2
     assert "give the SPEC.json of ['fracture_score']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*calibrate, "--adapter", str(added), "--requests", "-3"])
+    assert "argument --requests: Invalid value '-3' - must be 0 or more" in capsys.readouterr().err
