@@ -182,6 +182,9 @@ def test_the_response_is_the_command_set_pynetdicom_writes() -> None:
 
 def test_a_command_inside_a_data_set_aborts_the_association(acceptor) -> None:
     assoc = associate(acceptor.port)
+    # answered only once the acceptor's association thread runs: from then on its C-STOREs take the short
+    # path (before, a request waits in pynetdicom's queue and pynetdicom decodes it, as any other message)
+    assert assoc.send_c_echo().Status == 0x0000
     context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == CTImageStorage)
     command = Dataset()
     command.AffectedSOPClassUID = CTImageStorage
