@@ -154,6 +154,13 @@ def study_line(
     return STUDY_PREFIX + " | ".join(parts)
 
 
+def _context_line(study: StudyContext) -> str:
+    """``study_line`` of a planner's ``StudyContext``."""
+    return study_line(
+        study.modality, study.body_part, study.study_description, study.series_description, study.slices
+    )
+
+
 def read_request(instruction: str) -> str:
     """The request as the planner reads it: one typed in capitals only is read in lower case.
 
@@ -665,9 +672,7 @@ class LLMPlanner:
             decoder = self.load()
         except RuntimeError as exc:
             return self._fallback(instruction, study, str(exc), "", started, False)
-        line = study_line(
-            study.modality, study.body_part, study.study_description, study.series_description, study.slices
-        )
+        line = _context_line(study)
         request_text = read_request(instruction)
         layers = self._layers or [(frozenset(), decoder, EXTENSION_MIN_FIRST_PROBABILITY)]
         hidden: set[str] = set()  # tools a newer adapter added: the adapters it extends never saw them
@@ -731,9 +736,7 @@ class LLMPlanner:
         cards = offered_cards(self.registry, study.modality)
         if not added & {card.name for card in cards}:
             return None
-        line = study_line(
-            study.modality, study.body_part, study.study_description, study.series_description, study.slices
-        )
+        line = _context_line(study)
         generation, plan = self._ask(decoder, cards, line, read_request(instruction))
         tools = [] if isinstance(plan, PlanError) else [action.API_name for action in plan.actions]
         return tools, generation.first_probability
