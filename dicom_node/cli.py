@@ -24,8 +24,10 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
+    from dicom_node.allocator import keep_freed_memory
     from dicom_node.node import Node
 
+    keep_freed_memory()
     settings = load_settings(arguments.config)
     node = Node(settings, config_file=arguments.config)
 

@@ -385,10 +385,12 @@ def serve(
         level=log_level, format=f"%(asctime)s %(levelname)-7s %(name)s [listener {number}]: %(message)s"
     )
     logging.getLogger("pynetdicom").setLevel(max(log_level, logging.WARNING))
+    from dicom_node.allocator import keep_freed_memory
     from dicom_node.index import open_index
     from dicom_node.scp import StorageSCP
     from dicom_node.spool import Spool
 
+    keep_freed_memory()
     try:
         settings = Settings.model_validate(settings_json)
         scp = StorageSCP(
