@@ -93,7 +93,7 @@ from dicom_node.received import (
     inspect_received,
 )
 from dicom_node.routing import select_route
-from dicom_node.spool import Spool, sync_directory, write_synced
+from dicom_node.spool import OpenFile, Spool, sync_directory, write_synced
 from dicom_node.transport import start_server
 from dicom_node.uids import is_valid_uid
 
@@ -632,13 +632,18 @@ class StorageSCP:
                     return status_with_comment(OUT_OF_RESOURCES, "could not read the index")
                 # the checks in a worker, while this thread writes a new instance to spool/.incoming/ in
                 # one call that lets go of the GIL until the data is on disk: the worker has the GIL to
-                # itself meanwhile (the other way round, a writing worker would wait for the checks)
-                checking = self._io.submit(
-                    _checked_instance, data, stream, transfer_syntax_uid, sop_class_uid, sop_instance_uid,
-                    self.settings.routes,
-                )  # fmt: skip
-                if existing is None:
-                    staging = self._stage(meta, data)
+                # itself meanwhile (the other way round, a writing worker would wait for the checks). The
+                # file is opened before the checks start: opening lets go of the GIL too, and this thread
+                # would then wait for the checks to finish before it could begin to write.
+                opened = self._open_staged() if existing is None else None
+                try:
+                    checking = self._io.submit(
+                        _checked_instance, data, stream, transfer_syntax_uid, sop_class_uid,
+                        sop_instance_uid, self.settings.routes,
+                    )  # fmt: skip
+                finally:  # written even if the checks could not start, so that the finally below deletes it
+                    if opened is not None:
+                        staging = self._stage(opened, meta, data)
                 try:
                     instance, route = checking.result()
                 except InstanceRejected as rejected:
@@ -659,12 +664,22 @@ class StorageSCP:
                 self.spool.discard(staging.result())
             data.release()
 
-    def _stage(self, meta: bytes, data: memoryview) -> Future[Path]:
-        """Write a new instance to ``spool/.incoming/`` durably, in this thread; a done future of its path
-        or of the ``OSError`` that stopped it (``_spool_and_index`` answers that)."""
-        staging: Future[Path] = Future()
+    def _open_staged(self) -> OpenFile | OSError:
+        """A new file in ``spool/.incoming/``, or the ``OSError`` that stopped it (``_stage`` passes it on)."""
         try:
-            staging.set_result(write_synced(self.spool.open_staged(), (meta, data)))
+            return self.spool.open_staged()
+        except OSError as exc:
+            return exc
+
+    def _stage(self, opened: OpenFile | OSError, meta: bytes, data: memoryview) -> Future[Path]:
+        """Write a new instance to its file of ``_open_staged`` durably, in this thread; a done future of its
+        path or of the ``OSError`` that stopped it (``_spool_and_index`` answers that)."""
+        staging: Future[Path] = Future()
+        if isinstance(opened, OSError):
+            staging.set_exception(opened)
+            return staging
+        try:
+            staging.set_result(write_synced(opened, (meta, data)))
         except OSError as exc:
             staging.set_exception(exc)
         return staging

@@ -220,6 +220,35 @@ def test_a_full_disk_answers_a700_leaves_nothing_behind_and_the_retry_succeeds(s
             subprocess.run(["umount", "-l", str(spool)], check=False)
 
 
+def test_a_staged_file_that_cannot_be_created_answers_a700_and_the_next_instance_is_stored(
+    scp, monkeypatch
+) -> None:
+    """The staged file is opened before the checks start; a failure there is answered like a full disk."""
+    slices = [_ct(f"no-file-{n}") for n in range(2)]
+    real_open = os.open
+    failures = {"left": 1}
+
+    def open_or_fail(path, flags, *arguments) -> int:
+        if str(path).endswith(".part") and failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, flags, *arguments)
+
+    monkeypatch.setattr("dicom_node.spool.os.open", open_or_fail)
+    assoc = open_association(scp.port, [(CTImageStorage, [ImplicitVRLittleEndian])])
+    try:
+        statuses = [assoc.send_c_store(dataset) for dataset in slices]
+    finally:
+        assoc.release()
+    assert [s.Status for s in statuses] == [0xA700, 0x0000]
+    assert "Too many open files" in statuses[0].ErrorComment
+    assert scp.index.instance(slices[0].SOPInstanceUID) is None
+    assert pydicom.dcmread(scp.index.instance(slices[1].SOPInstanceUID)["path"]).SOPInstanceUID == (
+        slices[1].SOPInstanceUID
+    )
+    assert not list(scp.spool.incoming.iterdir()) and not list(scp.spool.root.rglob("*.part"))
+
+
 def test_an_aborted_association_is_audited_with_what_it_stored(scp) -> None:
     slices = [_ct(f"aborted-{n}") for n in range(2)]
     assoc = open_association(scp.port, [(CTImageStorage, [ImplicitVRLittleEndian])])
