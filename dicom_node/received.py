@@ -63,6 +63,10 @@ class _Malformed(Exception):
     """The encoding is broken; the message says where."""
 
 
+def _where(tag: int, offset: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) at offset {offset}"
+
+
 @lru_cache(maxsize=8192)
 def _dictionary_vr(tag: int) -> str | None:
     try:
@@ -106,13 +110,15 @@ class _Walk:
                 raise _Malformed(f"truncated: {end - pos} stray byte(s) at offset {pos}")
             group, element = self._tag.unpack_from(data, pos)
             tag = (group << 16) | element
-            where = f"({group:04X},{element:04X}) at offset {pos}"
+            start = pos  # where the element begins, for the messages (formatted only when one is raised)
             if group == 0xFFFE:
                 if tag == _ITEM_END and closed_by_item_end:
                     return pos + 8
-                raise _Malformed(f"misplaced delimiter {where}")
+                raise _Malformed(f"misplaced delimiter {_where(tag, start)}")
             if depth == 0 and group in (0x0000, 0x0002):
-                raise _Malformed(f"File Meta or command element {where} in the data set (a file sent as is?)")
+                raise _Malformed(
+                    f"File Meta or command element {_where(tag, start)} in the data set (a file sent as is?)"
+                )
             vr: str | None
             if self.implicit:
                 vr = _dictionary_vr(tag)
@@ -126,29 +132,33 @@ class _Walk:
                     pos += 8
                 elif vr in _LONG_VRS:
                     if end - pos < 12:
-                        raise _Malformed(f"truncated: element {where} cut in its header")
+                        raise _Malformed(f"truncated: element {_where(tag, start)} cut in its header")
                     (length,) = self._u32.unpack_from(data, pos + 8)
                     pos += 12
                 else:
-                    raise _Malformed(f"unknown VR {vr_bytes!r} in element {where}")
+                    raise _Malformed(f"unknown VR {vr_bytes!r} in element {_where(tag, start)}")
             if length == _UNDEFINED:
                 if vr == "UN" and not self.implicit:
                     inner = _Walk(self.data, implicit=True, little_endian=True)
                     pos = inner._sequence(pos, end, depth + 1)
                 elif vr is not None and vr in ("OB", "OW", "OB or OW"):
-                    pos, fragments = self._fragments(pos, end, where)
+                    pos, fragments = self._fragments(pos, end, _where(tag, start))
                     if depth == 0 and tag in _PIXEL_TAGS:
                         self.pixel_tags[tag] = (True, fragments)
                 elif vr in (None, "SQ", "UN"):
                     pos = self._sequence(pos, end, depth + 1)
                 else:
-                    raise _Malformed(f"undefined length in {vr} element {where}")
+                    raise _Malformed(f"undefined length in {vr} element {_where(tag, start)}")
                 continue
             if length > end - pos:
-                raise _Malformed(f"truncated: element {where} declares {length} bytes, {end - pos} arrived")
+                raise _Malformed(
+                    f"truncated: element {_where(tag, start)} declares {length} bytes, {end - pos} arrived"
+                )
             size = _VALUE_SIZE.get(vr or "")
             if size and length % size:
-                raise _Malformed(f"{vr} element {where}: {length} bytes is not a multiple of {size}")
+                raise _Malformed(
+                    f"{vr} element {_where(tag, start)}: {length} bytes is not a multiple of {size}"
+                )
             if vr == "SQ":
                 self._items(pos, pos + length, depth + 1)
             if depth == 0 and tag in _PIXEL_TAGS:
