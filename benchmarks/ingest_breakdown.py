@@ -34,6 +34,7 @@ import ingest  # noqa: E402
 import dicom_node.scp as scp_module  # noqa: E402
 import dicom_node.transport as transport  # noqa: E402
 from config.settings import parse_settings  # noqa: E402
+from dicom_node.allocator import keep_freed_memory  # noqa: E402
 from dicom_node.index import Index  # noqa: E402
 from dicom_node.spool import Spool  # noqa: E402
 from tests.helpers.peers import free_port  # noqa: E402
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     for owner, name, label in STEPS:
         timed(owner, name, label)
+    keep_freed_memory()  # as ``medagent serve`` does
     with tempfile.TemporaryDirectory(prefix="medagent-breakdown-") as temporary:
         root = Path(temporary)
         (root / "files").mkdir()
